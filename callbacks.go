@@ -1,0 +1,568 @@
+package envelope
+
+import (
+	"context"
+	"fmt"
+	"reflect"
+	"strings"
+
+	"github.com/gorm-envelope/envelope/dek"
+	"github.com/gorm-envelope/envelope/internal/token"
+	"gorm.io/gorm"
+	"gorm.io/gorm/clause"
+	"gorm.io/gorm/schema"
+)
+
+type stateKey struct{}
+
+// tokKey names one value of one statement: column, owner and plaintext.
+type tokKey struct {
+	col   string
+	owner any
+	plain string
+}
+
+// writeState is what a statement's serializer Value calls read: the tokens
+// the before-write callback prepared. It lives in the statement's context.
+type writeState struct {
+	p        *Plugin
+	db       *gorm.DB
+	defOwner any
+	tokens   map[tokKey]string
+}
+
+func (st *writeState) ownerFor(dst reflect.Value) any {
+	dst = reflect.Indirect(dst)
+	if dst.IsValid() && dst.Kind() == reflect.Struct {
+		if o := st.p.metaOfType(st.db, dst.Type()).ownerOf(dst); o != nil {
+			return o
+		}
+	}
+	return st.defOwner
+}
+
+// item is one plaintext a statement writes.
+type item struct {
+	owner any
+	col   string
+	name  string // model.field, for errors
+	plain string
+}
+
+// edit is a map entry or clause value replaced by a serializer value for
+// the statement and put back afterwards.
+type edit struct {
+	f    *schema.Field
+	tmp  reflect.Value // a model value holding the plaintext and owner
+	put  func(any)
+	undo func()
+}
+
+type restore struct {
+	ctx   context.Context
+	edits []edit
+}
+
+const restoreKey = "envelope:restore"
+
+// collector gathers the plaintext values of one write statement.
+type collector struct {
+	p        *Plugin
+	db       *gorm.DB
+	m        *modelMeta
+	defOwner any
+	ambig    bool // the statement's model holds several owners
+	items    []item
+	edits    []edit
+	errs     []error
+}
+
+func (c *collector) fail(err error) { c.errs = append(c.errs, err) }
+
+func (c *collector) noOwner(m *modelMeta, f *schema.Field) {
+	why := ErrNoOwner
+	if m.owner == nil && c.defOwner == nil {
+		c.fail(fmt.Errorf("%w: model %s has no field tagged envelope:\"owner\"", ErrNoOwner, m.name))
+		return
+	}
+	if c.ambig {
+		c.fail(&FieldError{Model: m.name, Field: f.Name, Err: fmt.Errorf("%w: the statement's rows belong to several owners", why)})
+		return
+	}
+	c.fail(&FieldError{Model: m.name, Field: f.Name, Err: fmt.Errorf("%w: owner is zero", why)})
+}
+
+// walk collects every encrypted field of every struct in v.
+func (c *collector) walk(v reflect.Value) {
+	v = reflect.Indirect(v)
+	switch v.Kind() {
+	case reflect.Slice, reflect.Array:
+		for i := 0; i < v.Len(); i++ {
+			c.walk(v.Index(i))
+		}
+	case reflect.Struct:
+		m := c.m
+		if v.Type() != c.db.Statement.Schema.ModelType {
+			m = c.p.metaOfType(c.db, v.Type())
+			if m == nil {
+				return
+			}
+			if m.err != nil {
+				c.fail(m.err)
+				return
+			}
+		}
+		if len(m.fields) == 0 {
+			return
+		}
+		owner := m.ownerOf(v)
+		if owner == nil {
+			owner = c.defOwner
+		}
+		for i := range m.fields {
+			ef := &m.fields[i]
+			fv, ok := fieldValue(ef.f, v)
+			if !ok {
+				continue
+			}
+			plain, isNil := plainOfValue(fv, ef.kind)
+			if isNil {
+				continue
+			}
+			if owner == nil {
+				c.noOwner(m, ef.f)
+				return
+			}
+			c.items = append(c.items, item{owner: owner, col: ef.f.DBName, name: m.name + "." + ef.f.Name, plain: plain})
+		}
+	}
+}
+
+func plainOfValue(fv reflect.Value, k valueKind) (string, bool) {
+	switch k {
+	case kindString:
+		return fv.String(), false
+	case kindStringPtr:
+		if fv.IsNil() {
+			return "", true
+		}
+		return fv.Elem().String(), false
+	case kindBytes:
+		if fv.IsNil() {
+			return "", true
+		}
+		return string(fv.Bytes()), false
+	}
+	return "", true
+}
+
+// addMap collects the encrypted entries of a map given to Create or
+// Update(s); they are replaced by serializer values once tokens exist.
+func (c *collector) addMap(mv map[string]any) {
+	m := c.m
+	s := c.db.Statement.Schema
+	var ownerRaw any
+	if m.owner != nil {
+		if v, ok := mv[m.owner.Name]; ok {
+			ownerRaw = v
+		} else if v, ok := mv[m.owner.DBName]; ok {
+			ownerRaw = v
+		}
+	}
+	for k, v := range mv {
+		f := s.LookUpField(k)
+		if f == nil {
+			continue
+		}
+		ef := m.byDB[f.DBName]
+		if ef == nil {
+			continue
+		}
+		plain, isNil, hint, err := mapPlain(v)
+		if err != nil {
+			c.fail(&FieldError{Model: m.name, Field: f.Name, Err: err})
+			continue
+		}
+		if isNil {
+			continue
+		}
+		tmp := reflect.New(s.ModelType).Elem()
+		if ownerRaw != nil {
+			if err := m.owner.Set(c.db.Statement.Context, tmp, ownerRaw); err != nil {
+				c.fail(&FieldError{Model: m.name, Field: m.owner.Name, Err: fmt.Errorf("%w: %v", ErrNoOwner, err)})
+				continue
+			}
+		} else if hint.IsValid() {
+			if hm := c.p.metaOfType(c.db, hint.Type()); hm != nil {
+				if o := hm.ownerOf(hint); o != nil {
+					_ = m.owner.Set(c.db.Statement.Context, tmp, o)
+				}
+			}
+		}
+		setPlain(ef.f, tmp, ef.kind, plain)
+		owner := m.ownerOf(tmp)
+		if owner == nil {
+			owner = c.defOwner
+		}
+		if owner == nil {
+			c.noOwner(m, f)
+			continue
+		}
+		c.items = append(c.items, item{owner: owner, col: f.DBName, name: m.name + "." + f.Name, plain: plain})
+		c.edits = append(c.edits, edit{f: f, tmp: tmp,
+			put:  func(nv any) { mv[k] = nv },
+			undo: func() { mv[k] = v },
+		})
+	}
+}
+
+func setPlain(f *schema.Field, tmp reflect.Value, k valueKind, plain string) {
+	fv, _ := fieldValue(f, tmp)
+	switch k {
+	case kindString:
+		fv.SetString(plain)
+	case kindStringPtr:
+		s := plain
+		fv.Set(reflect.ValueOf(&s))
+	case kindBytes:
+		fv.SetBytes([]byte(plain))
+	}
+}
+
+// mapPlain extracts a plaintext from a map or clause value. Expressions
+// and subqueries are refused: their result would be stored unencrypted.
+// hint is the struct a GORM serializer value came from, if any.
+func mapPlain(v any) (plain string, isNil bool, hint reflect.Value, err error) {
+	if p, isNil, ok := plainOf(v); ok {
+		return p, isNil, reflect.Value{}, nil
+	}
+	// FirstOrCreate(...).Assign(struct) hands over GORM's own serializer
+	// wrapper: read the plaintext from the struct it points into.
+	rv := reflect.ValueOf(v)
+	if rv.Kind() == reflect.Pointer && !rv.IsNil() {
+		e := rv.Elem()
+		if e.Kind() == reflect.Struct && e.Type().Name() == "serializer" && e.Type().PkgPath() == "gorm.io/gorm/schema" {
+			dest, _ := e.FieldByName("Destination").Interface().(reflect.Value)
+			f, _ := e.FieldByName("Field").Interface().(*schema.Field)
+			if f != nil && dest.IsValid() {
+				if fv, ok := fieldValue(f, dest); ok {
+					if p, isNil, ok := plainOf(fv.Interface()); ok {
+						return p, isNil, reflect.Indirect(dest), nil
+					}
+				}
+			}
+		}
+	}
+	return "", false, reflect.Value{}, fmt.Errorf("%w: cannot store a %T in an encrypted field: it would be written unencrypted", ErrUnsafe, v)
+}
+
+// onConflict encrypts plain values in OnConflict DoUpdates assignments and
+// refuses assignments that would copy a plain column into an encrypted one.
+func (c *collector) onConflict() {
+	cl, ok := c.db.Statement.Clauses["ON CONFLICT"]
+	if !ok {
+		return
+	}
+	oc, ok := cl.Expression.(clause.OnConflict)
+	if !ok || len(oc.DoUpdates) == 0 {
+		return
+	}
+	m := c.m
+	var owner any
+	ownerKnown := false
+	for _, it := range c.items {
+		if !ownerKnown {
+			owner, ownerKnown = it.owner, true
+		} else if owner != it.owner {
+			owner = nil
+		}
+	}
+	if !ownerKnown {
+		owner = c.defOwner
+	}
+	changed := false
+	set := make([]clause.Assignment, len(oc.DoUpdates))
+	copy(set, oc.DoUpdates)
+	for i, a := range set {
+		ef := m.byDB[a.Column.Name]
+		if ef == nil {
+			continue
+		}
+		if col, ok := a.Value.(clause.Column); ok {
+			if strings.EqualFold(col.Table, "excluded") && m.byDB[col.Name] != nil {
+				continue
+			}
+			c.fail(&FieldError{Model: m.name, Field: ef.f.Name, Err: fmt.Errorf("%w: ON CONFLICT would copy column %q into an encrypted column", ErrUnsafe, col.Name)})
+			continue
+		}
+		plain, isNil, _, err := mapPlain(a.Value)
+		if err != nil {
+			c.fail(&FieldError{Model: m.name, Field: ef.f.Name, Err: err})
+			continue
+		}
+		if isNil {
+			continue
+		}
+		if owner == nil {
+			c.fail(&FieldError{Model: m.name, Field: ef.f.Name, Err: fmt.Errorf("%w: an ON CONFLICT assignment needs the rows of one owner", ErrNoOwner)})
+			continue
+		}
+		tmp := reflect.New(c.db.Statement.Schema.ModelType).Elem()
+		if err := m.owner.Set(c.db.Statement.Context, tmp, owner); err != nil {
+			c.fail(&FieldError{Model: m.name, Field: ef.f.Name, Err: fmt.Errorf("%w: %v", ErrNoOwner, err)})
+			continue
+		}
+		setPlain(ef.f, tmp, ef.kind, plain)
+		c.items = append(c.items, item{owner: owner, col: ef.f.DBName, name: m.name + "." + ef.f.Name, plain: plain})
+		i := i
+		c.edits = append(c.edits, edit{f: ef.f, tmp: tmp, put: func(nv any) { set[i].Value = nv }})
+		changed = true
+	}
+	if changed {
+		orig := cl
+		noc := oc
+		noc.DoUpdates = set
+		ncl := cl
+		ncl.Expression = noc
+		stmt := c.db.Statement
+		stmt.Clauses["ON CONFLICT"] = ncl
+		c.edits = append(c.edits, edit{undo: func() { stmt.Clauses["ON CONFLICT"] = orig }})
+	}
+}
+
+// finish resolves the owners' DEKs, encrypts every collected value and
+// installs the tokens for the serializer. On any error it adds one error
+// to the statement, so nothing is written.
+func (c *collector) finish() {
+	db := c.db
+	if len(c.errs) > 0 {
+		db.AddError(join(c.errs))
+		return
+	}
+	if len(c.items) == 0 {
+		return
+	}
+	owners := distinctOwners(c.items)
+	keys, kerrs, err := c.p.resolve(db, owners, true)
+	if err != nil {
+		db.AddError(err)
+		return
+	}
+	st := &writeState{p: c.p, db: db, defOwner: c.defOwner, tokens: make(map[tokKey]string, len(c.items))}
+	for _, it := range c.items {
+		k := tokKey{col: it.col, owner: it.owner, plain: it.plain}
+		if _, done := st.tokens[k]; done {
+			continue
+		}
+		model, field, _ := strings.Cut(it.name, ".")
+		if err := kerrs[it.owner]; err != nil {
+			c.fail(&FieldError{Model: model, Field: field, Owner: it.owner, Err: err})
+			continue
+		}
+		ok := keys[it.owner]
+		if ok == nil || ok.shredded {
+			c.fail(&FieldError{Model: model, Field: field, Owner: it.owner, Err: ErrShredded})
+			continue
+		}
+		tok, err := sealValue(ok.c, it.plain)
+		if err != nil {
+			c.fail(&FieldError{Model: model, Field: field, Owner: it.owner, Err: err})
+			continue
+		}
+		st.tokens[k] = tok
+	}
+	if len(c.errs) > 0 {
+		db.AddError(join(c.errs))
+		return
+	}
+	r := &restore{ctx: db.Statement.Context}
+	db.Statement.Context = context.WithValue(db.Statement.Context, stateKey{}, st)
+	for _, e := range c.edits {
+		if e.put != nil {
+			v, _ := e.f.ValueOf(db.Statement.Context, e.tmp)
+			e.put(v)
+		}
+	}
+	r.edits = c.edits
+	db.InstanceSet(restoreKey, r)
+}
+
+// sealValue encrypts a plaintext, or keeps it if it already is a token that
+// opens under the owner's DEK: a ciphertext read by a path without
+// callbacks (Raw().Scan, ScanRows) and saved again is stored unchanged.
+func sealValue(c *token.Cipher, plain string) (string, error) {
+	if token.LooksLikeString(plain) {
+		if _, err := c.Decrypt([]byte(plain)); err == nil {
+			return plain, nil
+		}
+	}
+	tok, err := c.Encrypt([]byte(plain))
+	if err != nil {
+		return "", fmt.Errorf("envelope: encrypt: %w", err)
+	}
+	return string(tok), nil
+}
+
+func distinctOwners(items []item) []any {
+	seen := make(map[any]struct{})
+	var out []any
+	for _, it := range items {
+		if _, ok := seen[it.owner]; !ok {
+			seen[it.owner] = struct{}{}
+			out = append(out, it.owner)
+		}
+	}
+	return out
+}
+
+// modelOwner returns the single owner of the statement's model value, and
+// whether it holds several.
+func (p *Plugin) modelOwner(db *gorm.DB, m *modelMeta, v reflect.Value) (owner any, ambiguous bool) {
+	v = reflect.Indirect(v)
+	switch v.Kind() {
+	case reflect.Struct:
+		if v.Type() == db.Statement.Schema.ModelType {
+			return m.ownerOf(v), false
+		}
+	case reflect.Slice, reflect.Array:
+		for i := 0; i < v.Len(); i++ {
+			o, _ := p.modelOwner(db, m, v.Index(i))
+			if o == nil {
+				continue
+			}
+			if owner != nil && owner != o {
+				return nil, true
+			}
+			owner = o
+		}
+	}
+	return owner, false
+}
+
+func (p *Plugin) statementMeta(db *gorm.DB) *modelMeta {
+	if db.Error != nil || db.Statement.Schema == nil {
+		return nil
+	}
+	m := p.metaOf(db.Statement.Schema)
+	if m.err != nil {
+		db.AddError(m.err)
+		return nil
+	}
+	return m
+}
+
+func (p *Plugin) beforeCreate(db *gorm.DB) {
+	m := p.statementMeta(db)
+	if m == nil {
+		return
+	}
+	if m.profile {
+		p.giveProfilesDEKs(db)
+	}
+	if len(m.fields) == 0 {
+		return
+	}
+	c := &collector{p: p, db: db, m: m}
+	if db.Statement.Model != nil {
+		c.defOwner, c.ambig = p.modelOwner(db, m, reflect.ValueOf(db.Statement.Model))
+	}
+	if !c.addMaps(db.Statement.Dest) {
+		c.walk(db.Statement.ReflectValue)
+	}
+	c.onConflict()
+	c.finish()
+}
+
+// addMaps handles the map forms of Create and Update(s); false if dest is
+// not a map.
+func (c *collector) addMaps(dest any) bool {
+	switch d := dest.(type) {
+	case map[string]any:
+		c.addMap(d)
+	case *map[string]any:
+		c.addMap(*d)
+	case []map[string]any:
+		for _, m := range d {
+			c.addMap(m)
+		}
+	case *[]map[string]any:
+		for _, m := range *d {
+			c.addMap(m)
+		}
+	default:
+		return false
+	}
+	return true
+}
+
+func (p *Plugin) beforeUpdate(db *gorm.DB) {
+	m := p.statementMeta(db)
+	if m == nil || len(m.fields) == 0 {
+		return
+	}
+	c := &collector{p: p, db: db, m: m}
+	c.defOwner, c.ambig = p.modelOwner(db, m, db.Statement.ReflectValue)
+	if !c.addMaps(db.Statement.Dest) {
+		c.walk(reflect.ValueOf(db.Statement.Dest))
+	}
+	c.finish()
+}
+
+// afterWrite puts back what the statement borrowed and, once a transaction
+// the statement started has committed, caches the DEKs it loaded.
+func (p *Plugin) afterWrite(db *gorm.DB) {
+	if v, ok := db.InstanceGet(restoreKey); ok {
+		r := v.(*restore)
+		db.Statement.Context = r.ctx
+		for _, e := range r.edits {
+			if e.undo != nil {
+				e.undo()
+			}
+		}
+		db.Statement.Settings.Delete(fmt.Sprintf("%p", db.Statement) + restoreKey)
+	}
+	if v, ok := db.InstanceGet(pendingKey); ok {
+		if db.Error == nil {
+			for o, k := range v.(pendingKeys) {
+				p.cache.Put(o, k)
+			}
+		}
+		db.Statement.Settings.Delete(fmt.Sprintf("%p", db.Statement) + pendingKey)
+	}
+}
+
+// giveProfilesDEKs gives every Profile being created without a DEK a new one.
+func (p *Plugin) giveProfilesDEKs(db *gorm.DB) {
+	if p.keys == nil {
+		return
+	}
+	ctx := db.Statement.Context
+	var visit func(v reflect.Value)
+	visit = func(v reflect.Value) {
+		v = reflect.Indirect(v)
+		switch v.Kind() {
+		case reflect.Slice, reflect.Array:
+			for i := 0; i < v.Len(); i++ {
+				visit(v.Index(i))
+			}
+		case reflect.Struct:
+			fv, ok := fieldValue(p.prof.DEK, v)
+			if !ok || fv.Len() > 0 || !fv.CanSet() {
+				return
+			}
+			d, err := dek.NewDEK()
+			if err != nil {
+				db.AddError(err)
+				return
+			}
+			enc, err := p.keys.Seal(ctx, d)
+			clear(d[:])
+			if err != nil {
+				db.AddError(err)
+				return
+			}
+			fv.SetBytes(enc)
+		}
+	}
+	visit(db.Statement.ReflectValue)
+}

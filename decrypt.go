@@ -1,0 +1,272 @@
+package envelope
+
+import (
+	"errors"
+	"fmt"
+	"reflect"
+	"strings"
+
+	"github.com/gorm-envelope/envelope/internal/token"
+	"gorm.io/gorm"
+	"gorm.io/gorm/schema"
+)
+
+// target is one struct of a query result holding encrypted fields.
+type target struct {
+	m     *modelMeta
+	v     reflect.Value
+	owner any
+}
+
+// joinPath is a chain of has-one/belongs-to relationships loaded by Joins.
+type joinPath []*schema.Relationship
+
+func joinPaths(stmt *gorm.Statement) []joinPath {
+	if stmt.Schema == nil || len(stmt.Joins) == 0 {
+		return nil
+	}
+	var out []joinPath
+	for _, j := range stmt.Joins {
+		s := stmt.Schema
+		var path joinPath
+		for _, name := range strings.Split(j.Name, ".") {
+			rel, ok := s.Relationships.Relations[name]
+			if !ok || rel.Field.Schema != s {
+				path = nil
+				break
+			}
+			path = append(path, rel)
+			s = rel.FieldSchema
+		}
+		if len(path) > 0 {
+			out = append(out, path)
+		}
+	}
+	return out
+}
+
+// afterQuery decrypts every encrypted field of the result: one IN (...)
+// lookup for all owners whose DEK is not cached, then each token in place.
+// A value that cannot be decrypted is left at its zero value and the
+// statement returns one error naming model, field and owner.
+func (p *Plugin) afterQuery(db *gorm.DB) {
+	stmt := db.Statement
+	if stmt.Schema == nil || !stmt.ReflectValue.IsValid() {
+		return
+	}
+	rv := reflect.Indirect(stmt.ReflectValue)
+	var elemType reflect.Type
+	switch rv.Kind() {
+	case reflect.Slice, reflect.Array:
+		elemType = rv.Type().Elem()
+		for elemType.Kind() == reflect.Pointer {
+			elemType = elemType.Elem()
+		}
+	case reflect.Struct:
+		elemType = rv.Type()
+	default:
+		return
+	}
+	var m *modelMeta
+	if elemType == stmt.Schema.ModelType {
+		m = p.metaOf(stmt.Schema)
+	} else {
+		m = p.metaOfType(db, elemType)
+	}
+	joins := joinPaths(stmt)
+	if (m == nil || len(m.fields) == 0) && len(joins) == 0 {
+		return
+	}
+	if m != nil && m.err != nil {
+		db.AddError(m.err)
+		return
+	}
+
+	var targets []target
+	owners := map[any]struct{}{}
+	add := func(m *modelMeta, v reflect.Value) {
+		if m == nil || len(m.fields) == 0 {
+			return
+		}
+		for i := range m.fields {
+			fv, ok := fieldValue(m.fields[i].f, v)
+			if ok && hasToken(fv, m.fields[i].kind) {
+				o := m.ownerOf(v)
+				targets = append(targets, target{m: m, v: v, owner: o})
+				if o != nil {
+					owners[o] = struct{}{}
+				}
+				return
+			}
+		}
+		// Nothing to decrypt, but plaintext that is not a token may still be
+		// there (a non-token value read from the column): check it below.
+		targets = append(targets, target{m: m, v: v})
+	}
+	visit := func(v reflect.Value) {
+		v = reflect.Indirect(v)
+		if v.Kind() != reflect.Struct {
+			return
+		}
+		if elemType == v.Type() {
+			add(m, v)
+		}
+		for _, path := range joins {
+			nv := v
+			for _, rel := range path {
+				fv, ok := fieldValue(rel.Field, nv)
+				if !ok {
+					nv = reflect.Value{}
+					break
+				}
+				nv = reflect.Indirect(fv)
+				if nv.Kind() != reflect.Struct {
+					nv = reflect.Value{}
+					break
+				}
+			}
+			if nv.IsValid() {
+				add(p.metaOf(path[len(path)-1].FieldSchema), nv)
+			}
+		}
+	}
+	if rv.Kind() == reflect.Struct {
+		visit(rv)
+	} else {
+		for i := 0; i < rv.Len(); i++ {
+			visit(rv.Index(i))
+		}
+	}
+	if len(targets) == 0 {
+		return
+	}
+
+	var errs []error
+	var keys map[any]*ownerKey
+	var kerrs map[any]error
+	if len(owners) > 0 {
+		list := make([]any, 0, len(owners))
+		for o := range owners {
+			list = append(list, o)
+		}
+		var err error
+		keys, kerrs, err = p.resolve(db, list, false)
+		if err != nil && !errors.Is(err, ErrNoKey) {
+			// The lookup failed: leave nothing readable behind.
+			for _, t := range targets {
+				zeroTokens(t)
+			}
+			db.AddError(err)
+			return
+		}
+		if err != nil {
+			kerrs = map[any]error{}
+			for o := range owners {
+				kerrs[o] = ErrNoKey
+			}
+		}
+	}
+	for _, t := range targets {
+		errs = p.decryptTarget(t, keys, kerrs, errs)
+	}
+	if len(errs) > 0 {
+		db.AddError(join(errs))
+	}
+}
+
+func hasToken(fv reflect.Value, k valueKind) bool {
+	switch k {
+	case kindString:
+		return token.LooksLikeString(fv.String())
+	case kindStringPtr:
+		return !fv.IsNil() && token.LooksLikeString(fv.Elem().String())
+	case kindBytes:
+		return token.LooksLike(fv.Bytes())
+	}
+	return false
+}
+
+// raw returns the field's stored bytes, or nil when NULL/empty.
+func raw(fv reflect.Value, k valueKind) []byte {
+	switch k {
+	case kindString:
+		if s := fv.String(); s != "" {
+			return []byte(s)
+		}
+	case kindStringPtr:
+		if !fv.IsNil() && fv.Elem().Len() > 0 {
+			return []byte(fv.Elem().String())
+		}
+	case kindBytes:
+		if fv.Len() > 0 {
+			return fv.Bytes()
+		}
+	}
+	return nil
+}
+
+func zeroTokens(t target) {
+	for i := range t.m.fields {
+		if fv, ok := fieldValue(t.m.fields[i].f, t.v); ok && fv.CanSet() {
+			fv.Set(reflect.Zero(fv.Type()))
+		}
+	}
+}
+
+func (p *Plugin) decryptTarget(t target, keys map[any]*ownerKey, kerrs map[any]error, errs []error) []error {
+	for i := range t.m.fields {
+		ef := &t.m.fields[i]
+		fv, ok := fieldValue(ef.f, t.v)
+		if !ok || !fv.CanSet() {
+			continue
+		}
+		b := raw(fv, ef.kind)
+		if b == nil {
+			continue
+		}
+		fail := func(err error) {
+			fv.Set(reflect.Zero(fv.Type()))
+			errs = append(errs, &FieldError{Model: t.m.name, Field: ef.f.Name, Owner: t.owner, Err: err})
+		}
+		if !token.LooksLike(b) {
+			fail(fmt.Errorf("%w: stored value is not a token", ErrDecrypt))
+			continue
+		}
+		if t.owner == nil {
+			if t.m.owner == nil {
+				fail(fmt.Errorf("%w: model has no field tagged envelope:\"owner\"", ErrNoOwner))
+			} else {
+				fail(fmt.Errorf("%w: owner field %s is zero or was not selected", ErrNoOwner, t.m.owner.Name))
+			}
+			continue
+		}
+		if err := kerrs[t.owner]; err != nil {
+			fail(err)
+			continue
+		}
+		k := keys[t.owner]
+		if k == nil {
+			fail(fmt.Errorf("%w: owner has no DEK", ErrDecrypt))
+			continue
+		}
+		if k.shredded {
+			fail(ErrShredded)
+			continue
+		}
+		msg, err := k.c.Decrypt(b)
+		if err != nil {
+			fail(fmt.Errorf("%w: token does not open under the owner's DEK", ErrDecrypt))
+			continue
+		}
+		switch ef.kind {
+		case kindString:
+			fv.SetString(string(msg))
+		case kindStringPtr:
+			s := string(msg)
+			fv.Set(reflect.ValueOf(&s))
+		case kindBytes:
+			fv.SetBytes(msg)
+		}
+	}
+	return errs
+}

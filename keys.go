@@ -1,0 +1,285 @@
+package envelope
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"reflect"
+
+	"github.com/gorm-envelope/envelope/dek"
+	"github.com/gorm-envelope/envelope/internal/token"
+	"gorm.io/gorm"
+	"gorm.io/gorm/clause"
+)
+
+// inChunk bounds the number of owners in one IN (...) list.
+const inChunk = 1000
+
+const pendingKey = "envelope:pending"
+
+type txMode uint8
+
+const (
+	txNone    txMode = iota // autocommit: whatever is read or created is durable
+	txOwn                   // a transaction this statement started: cache after its commit
+	txForeign               // the caller's transaction: never cache, it may roll back
+)
+
+func modeOf(db *gorm.DB) txMode {
+	if _, ok := db.Statement.ConnPool.(gorm.TxCommitter); !ok {
+		return txNone
+	}
+	if _, ok := db.InstanceGet("gorm:started_transaction"); ok {
+		return txOwn
+	}
+	return txForeign
+}
+
+// pendingKeys are DEKs loaded or created inside a transaction this
+// statement started: cached only once it commits.
+type pendingKeys map[any]*ownerKey
+
+// resolve returns the DEK state of every owner: from the cache, else from
+// one IN (...) query per chunk of owners on the statement's own connection
+// (so it sees the statement's transaction). With create, owners without a
+// DEK get one, created exactly once even under concurrent writers.
+// Per-owner failures are in the second map; the error is for the query.
+func (p *Plugin) resolve(db *gorm.DB, owners []any, create bool) (map[any]*ownerKey, map[any]error, error) {
+	if p.keys == nil {
+		return nil, nil, ErrNoKey
+	}
+	keys := make(map[any]*ownerKey, len(owners))
+	var errs map[any]error
+	var missing []any
+	for _, o := range owners {
+		if k, ok := p.cache.Get(o); ok {
+			keys[o] = k
+		} else {
+			missing = append(missing, o)
+		}
+	}
+	if len(missing) == 0 {
+		return keys, nil, nil
+	}
+	if db.DryRun {
+		// A dry run writes nothing: encrypt under throwaway keys, never cached.
+		if !create {
+			return keys, nil, nil
+		}
+		for _, o := range missing {
+			d, err := dek.NewDEK()
+			if err != nil {
+				return nil, nil, err
+			}
+			keys[o] = &ownerKey{c: token.New(d)}
+		}
+		return keys, nil, nil
+	}
+
+	ctx := db.Statement.Context
+	tx := db.Session(&gorm.Session{NewDB: true})
+	if create && db.Dialector.Name() == "sqlite" {
+		// Take SQLite's write lock before reading: a transaction that reads
+		// and then writes cannot upgrade its snapshot under concurrent writers.
+		if err := tx.Exec("UPDATE " + quote(tx, p.prof.Table) + " SET " + quote(tx, p.prof.DEK.DBName) + " = " + quote(tx, p.prof.DEK.DBName) + " WHERE 1 = 0").Error; err != nil {
+			return nil, nil, p.queryErr(err)
+		}
+	}
+	found, err := p.loadDEKs(tx, missing)
+	if err != nil {
+		return nil, nil, err
+	}
+	loaded := make(map[any]*ownerKey, len(missing))
+	var toCreate []any
+	for _, o := range missing {
+		enc := found[o]
+		if len(enc) == 0 {
+			if create {
+				toCreate = append(toCreate, o)
+			} else {
+				// No DEK: nothing can have been encrypted for this owner.
+				errs = setErr(errs, o, fmt.Errorf("%w: owner has no DEK", ErrDecrypt))
+			}
+			continue
+		}
+		k, err := p.open(ctx, enc)
+		if err != nil {
+			errs = setErr(errs, o, err)
+			continue
+		}
+		loaded[o] = k
+	}
+	if len(toCreate) > 0 {
+		if err := p.createDEKs(tx, toCreate, found); err != nil {
+			return nil, nil, err
+		}
+		again, err := p.loadDEKs(tx, toCreate)
+		if err != nil {
+			return nil, nil, err
+		}
+		for _, o := range toCreate {
+			enc := again[o]
+			if len(enc) == 0 {
+				errs = setErr(errs, o, fmt.Errorf("%w: DEK not visible after creation (is the transaction isolation above READ COMMITTED?)", ErrNoOwner))
+				continue
+			}
+			k, err := p.open(ctx, enc)
+			if err != nil {
+				errs = setErr(errs, o, err)
+				continue
+			}
+			loaded[o] = k
+		}
+	}
+	switch modeOf(db) {
+	case txNone:
+		for o, k := range loaded {
+			p.cache.Put(o, k)
+		}
+	case txOwn:
+		pend, _ := db.InstanceGet(pendingKey)
+		pk, _ := pend.(pendingKeys)
+		if pk == nil {
+			pk = pendingKeys{}
+			db.InstanceSet(pendingKey, pk)
+		}
+		for o, k := range loaded {
+			pk[o] = k
+		}
+	}
+	for o, k := range loaded {
+		keys[o] = k
+	}
+	return keys, errs, nil
+}
+
+func setErr(m map[any]error, o any, err error) map[any]error {
+	if m == nil {
+		m = map[any]error{}
+	}
+	m[o] = err
+	return m
+}
+
+// open decrypts a stored DEK (or recognises a tombstone).
+func (p *Plugin) open(ctx context.Context, enc []byte) (*ownerKey, error) {
+	if dek.IsTombstone(enc) {
+		return &ownerKey{shredded: true}, nil
+	}
+	d, _, err := p.keys.Open(ctx, enc)
+	if err != nil {
+		if errors.Is(err, dek.ErrDecrypt) {
+			return nil, fmt.Errorf("%w: no configured master key opens the owner's DEK", ErrDecrypt)
+		}
+		return nil, err
+	}
+	c := token.New(d)
+	clear(d[:])
+	return &ownerKey{c: c}, nil
+}
+
+func (p *Plugin) queryErr(err error) error {
+	return fmt.Errorf("envelope: load DEKs from %s: %w", p.prof.Table, err)
+}
+
+// loadDEKs returns the stored encrypted DEK of each owner that has a
+// profile row (nil for a NULL DEK).
+func (p *Plugin) loadDEKs(tx *gorm.DB, owners []any) (map[any][]byte, error) {
+	out := make(map[any][]byte, len(owners))
+	ownerCol, dekCol := p.prof.Owner.DBName, p.prof.DEK.DBName
+	isString := p.prof.Owner.IndirectFieldType.Kind() == reflect.String
+	for start := 0; start < len(owners); start += inChunk {
+		chunk := owners[start:min(start+inChunk, len(owners))]
+		rows, err := tx.Table(p.prof.Table).
+			Select([]string{ownerCol, dekCol}).
+			Where(clause.IN{Column: clause.Column{Name: ownerCol}, Values: chunk}).
+			Rows()
+		if err != nil {
+			return nil, p.queryErr(err)
+		}
+		for rows.Next() {
+			var enc []byte
+			var o any
+			if isString {
+				var s string
+				err = rows.Scan(&s, &enc)
+				o = s
+			} else {
+				var n int64
+				err = rows.Scan(&n, &enc)
+				o = n
+			}
+			if err != nil {
+				rows.Close()
+				return nil, p.queryErr(err)
+			}
+			out[o] = enc
+		}
+		err = rows.Err()
+		rows.Close()
+		if err != nil {
+			return nil, p.queryErr(err)
+		}
+	}
+	return out, nil
+}
+
+// createDEKs gives each owner a fresh DEK without ever overwriting one:
+// a profile row is inserted only where none exists (ON CONFLICT DO
+// NOTHING), and an existing row gets a DEK only where its DEK column is
+// still NULL, writing no other column.
+func (p *Plugin) createDEKs(tx *gorm.DB, owners []any, found map[any][]byte) error {
+	ctx := tx.Statement.Context
+	rows := reflect.MakeSlice(reflect.SliceOf(p.prof.Type), 0, len(owners))
+	type upd struct {
+		owner any
+		enc   []byte
+	}
+	var updates []upd
+	for _, o := range owners {
+		d, err := dek.NewDEK()
+		if err != nil {
+			return err
+		}
+		enc, err := p.keys.Seal(ctx, d)
+		clear(d[:])
+		if err != nil {
+			return err
+		}
+		if _, exists := found[o]; exists {
+			updates = append(updates, upd{o, enc})
+			continue
+		}
+		row := reflect.New(p.prof.Type).Elem()
+		if err := p.prof.Owner.Set(ctx, row, o); err != nil {
+			return fmt.Errorf("envelope: set profile owner: %w", err)
+		}
+		if err := p.prof.DEK.Set(ctx, row, enc); err != nil {
+			return fmt.Errorf("envelope: set profile DEK: %w", err)
+		}
+		rows = reflect.Append(rows, row)
+	}
+	if rows.Len() > 0 {
+		ptr := reflect.New(rows.Type())
+		ptr.Elem().Set(rows)
+		err := tx.Clauses(clause.OnConflict{Columns: []clause.Column{{Name: p.prof.Owner.DBName}}, DoNothing: true}).
+			Create(ptr.Interface()).Error
+		if err != nil {
+			return fmt.Errorf("envelope: create profiles in %s: %w", p.prof.Table, err)
+		}
+	}
+	for _, u := range updates {
+		err := tx.Table(p.prof.Table).
+			Where(clause.Eq{Column: clause.Column{Name: p.prof.Owner.DBName}, Value: u.owner}).
+			Where(clause.Expr{SQL: "? IS NULL", Vars: []any{clause.Column{Name: p.prof.DEK.DBName}}}).
+			UpdateColumn(p.prof.DEK.DBName, u.enc).Error
+		if err != nil {
+			return fmt.Errorf("envelope: store DEK in %s: %w", p.prof.Table, err)
+		}
+	}
+	return nil
+}
+
+func quote(db *gorm.DB, name string) string {
+	return db.Statement.Quote(name)
+}

@@ -1,0 +1,175 @@
+package envelope
+
+import (
+	"fmt"
+	"reflect"
+	"strings"
+
+	"github.com/gorm-envelope/envelope/internal/profilemeta"
+	"gorm.io/gorm"
+	"gorm.io/gorm/schema"
+)
+
+// SerializerName is the name to use in the tag gorm:"serializer:envelope".
+const SerializerName = "envelope"
+
+type valueKind uint8
+
+const (
+	kindString valueKind = iota + 1
+	kindStringPtr
+	kindBytes
+)
+
+type encField struct {
+	f    *schema.Field
+	kind valueKind
+}
+
+// modelMeta is computed once per schema: which fields are encrypted and
+// which field names the owner.
+type modelMeta struct {
+	name    string
+	owner   *schema.Field
+	fields  []encField
+	byDB    map[string]*encField
+	profile bool  // the configured Profile model
+	err     error // a definition error, reported by every statement on the model
+}
+
+func isEnvelopeField(f *schema.Field) bool {
+	return strings.EqualFold(f.TagSettings["SERIALIZER"], SerializerName)
+}
+
+var (
+	typeString    = reflect.TypeOf("")
+	typeStringPtr = reflect.TypeOf((*string)(nil))
+	typeBytes     = reflect.TypeOf([]byte(nil))
+)
+
+func buildMeta(s *schema.Schema, profileType reflect.Type) *modelMeta {
+	m := &modelMeta{name: s.Name, byDB: map[string]*encField{}, profile: s.ModelType == profileType}
+	for _, f := range s.Fields {
+		if profilemeta.TagValue(f) == "owner" {
+			if m.owner != nil {
+				m.err = fmt.Errorf("envelope: model %s: more than one field tagged envelope:\"owner\"", s.Name)
+				return m
+			}
+			m.owner = f
+		}
+		if !isEnvelopeField(f) {
+			continue
+		}
+		var k valueKind
+		switch f.FieldType {
+		case typeString:
+			k = kindString
+		case typeStringPtr:
+			k = kindStringPtr
+		case typeBytes:
+			k = kindBytes
+		default:
+			m.err = fmt.Errorf("envelope: model %s: field %s: serializer:envelope supports string, *string and []byte, not %s", s.Name, f.Name, f.FieldType)
+			return m
+		}
+		m.fields = append(m.fields, encField{f: f, kind: k})
+	}
+	for i := range m.fields {
+		if db := m.fields[i].f.DBName; db != "" {
+			m.byDB[db] = &m.fields[i]
+		}
+	}
+	if len(m.fields) > 0 {
+		if m.owner == nil {
+			m.err = fmt.Errorf("%w: model %s has encrypted fields but no field tagged envelope:\"owner\"", ErrNoOwner, s.Name)
+		} else if !profilemeta.IsOwnerKind(m.owner.IndirectFieldType.Kind()) {
+			m.err = fmt.Errorf("envelope: model %s: owner field %s must be an integer or a string, not %s", s.Name, m.owner.Name, m.owner.FieldType)
+		}
+	}
+	return m
+}
+
+// metaOf returns the cached metadata of a parsed schema.
+func (p *Plugin) metaOf(s *schema.Schema) *modelMeta {
+	if v, ok := p.metas.Load(s); ok {
+		return v.(*modelMeta)
+	}
+	m := buildMeta(s, p.prof.Type)
+	v, _ := p.metas.LoadOrStore(s, m)
+	return v.(*modelMeta)
+}
+
+// metaOfType returns the metadata of a struct type, parsing it with the
+// statement's schema cache; nil if it is not a model.
+func (p *Plugin) metaOfType(db *gorm.DB, t reflect.Type) *modelMeta {
+	if v, ok := p.typeMetas.Load(t); ok {
+		return v.(*modelMeta)
+	}
+	stmt := &gorm.Statement{DB: db}
+	var m *modelMeta
+	if err := stmt.Parse(reflect.New(t).Interface()); err == nil {
+		m = p.metaOf(stmt.Schema)
+	}
+	v, _ := p.typeMetas.LoadOrStore(t, m)
+	return v.(*modelMeta)
+}
+
+// ownerOf returns the normalised owner of struct value v: int64 for
+// integer owners, string for string owners; nil when zero or unknown.
+func (m *modelMeta) ownerOf(v reflect.Value) any {
+	if m == nil || m.owner == nil || !v.IsValid() {
+		return nil
+	}
+	fv, ok := fieldValue(m.owner, v)
+	if !ok {
+		return nil
+	}
+	return normOwner(fv)
+}
+
+// fieldValue reads a field of struct v without panicking on a nil embedded pointer.
+func fieldValue(f *schema.Field, v reflect.Value) (reflect.Value, bool) {
+	v = reflect.Indirect(v)
+	for _, i := range f.StructField.Index {
+		if v.Kind() == reflect.Pointer {
+			if v.IsNil() {
+				return reflect.Value{}, false
+			}
+			v = v.Elem()
+		}
+		v = v.Field(i)
+	}
+	return v, true
+}
+
+func normOwner(v reflect.Value) any {
+	for v.Kind() == reflect.Pointer {
+		if v.IsNil() {
+			return nil
+		}
+		v = v.Elem()
+	}
+	switch v.Kind() {
+	case reflect.Int, reflect.Int8, reflect.Int16, reflect.Int32, reflect.Int64:
+		if n := v.Int(); n != 0 {
+			return n
+		}
+	case reflect.Uint, reflect.Uint8, reflect.Uint16, reflect.Uint32, reflect.Uint64:
+		if n := v.Uint(); n != 0 {
+			return int64(n)
+		}
+	case reflect.String:
+		if s := v.String(); s != "" {
+			return s
+		}
+	}
+	return nil
+}
+
+// normOwnerAny normalises an owner given as a plain value (a map entry).
+func normOwnerAny(x any) any {
+	if x == nil {
+		return nil
+	}
+	return normOwner(reflect.ValueOf(x))
+}

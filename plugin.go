@@ -1,0 +1,194 @@
+package envelope
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"sync"
+	"time"
+
+	"github.com/gorm-envelope/envelope/dek"
+	"github.com/gorm-envelope/envelope/internal/cache"
+	"github.com/gorm-envelope/envelope/internal/profilemeta"
+	"github.com/gorm-envelope/envelope/internal/token"
+	"gorm.io/gorm"
+	"gorm.io/gorm/schema"
+)
+
+// Name is the plugin's name in gorm.Config.Plugins.
+const Name = "envelope"
+
+// Defaults for the DEK cache.
+const (
+	DefaultCacheSize = 10000
+	DefaultCacheTTL  = 5 * time.Minute
+)
+
+// Config configures the plugin.
+type Config struct {
+	// Keys holds the master keys. Nil is legal: the plugin registers, logs
+	// one warning, and every read or write of an encrypted field fails with
+	// [ErrNoKey] while models without encrypted fields work as usual.
+	Keys *dek.Keyring
+
+	// Profile is the app's profile model, e.g. &Profile{}: one row per
+	// owner, with a unique field tagged envelope:"owner" and a []byte field
+	// tagged envelope:"dek" that holds the owner's encrypted DEK.
+	Profile any
+
+	// Logger receives the plugin's few log lines (the missing-key warning,
+	// shred audit lines). Nil means slog.Default(). Keys, DEKs and
+	// plaintext are never logged.
+	Logger *slog.Logger
+
+	// CacheSize bounds how many owners' DEKs are kept in memory
+	// (default [DefaultCacheSize]; negative disables the cache).
+	CacheSize int
+
+	// CacheTTL bounds how long a DEK stays in memory (default
+	// [DefaultCacheTTL]; negative disables the cache). It is also how long
+	// another process may go on using a DEK after [Shred].
+	CacheTTL time.Duration
+}
+
+// Plugin is the GORM plugin. Create it with [New] and register it with
+// db.Use. One Plugin serves one *gorm.DB (and the sessions made from it).
+type Plugin struct {
+	cfg  Config
+	keys *dek.Keyring
+	log  *slog.Logger
+	prof *profilemeta.Profile
+
+	cache *cache.Cache[any, *ownerKey]
+
+	metas     sync.Map // *schema.Schema -> *modelMeta
+	typeMetas sync.Map // reflect.Type -> *modelMeta (nil for non-models)
+
+	once    sync.Once
+	initErr error
+}
+
+// ownerKey is what the cache holds for one owner: the prepared cipher of
+// the owner's DEK, or the fact that the DEK was shredded.
+type ownerKey struct {
+	c        *token.Cipher
+	shredded bool
+}
+
+// New returns the plugin for cfg. Errors in cfg are reported by db.Use.
+func New(cfg Config) *Plugin {
+	p := &Plugin{cfg: cfg, keys: cfg.Keys, log: cfg.Logger}
+	if p.log == nil {
+		p.log = slog.Default()
+	}
+	size, ttl := cfg.CacheSize, cfg.CacheTTL
+	if size == 0 {
+		size = DefaultCacheSize
+	}
+	if ttl == 0 {
+		ttl = DefaultCacheTTL
+	}
+	p.cache = cache.New[any, *ownerKey](size, ttl)
+	return p
+}
+
+// Name returns [Name].
+func (p *Plugin) Name() string { return Name }
+
+// CacheStats returns the DEK cache's counters (hits, misses, loads,
+// evictions, entries), for an app to export as metrics.
+func (p *Plugin) CacheStats() cache.Stats { return p.cache.Stats() }
+
+// Initialize validates the configuration and registers the serializer and
+// the callbacks. GORM calls it from db.Use; it runs once.
+func (p *Plugin) Initialize(db *gorm.DB) error {
+	p.once.Do(func() { p.initErr = p.initialize(db) })
+	return p.initErr
+}
+
+func (p *Plugin) initialize(db *gorm.DB) error {
+	schema.RegisterSerializer(SerializerName, Serializer{})
+	prof, err := profilemeta.Parse(db, p.cfg.Profile)
+	if err != nil {
+		return err
+	}
+	p.prof = prof
+	if p.keys == nil {
+		p.log.Warn("envelope: no master key configured; encrypted fields cannot be read or written",
+			"variable", dek.EnvKey, "docs", "docs/key-management.md")
+	} else if err := p.checkKeys(db); err != nil {
+		return err
+	}
+	return p.register(db)
+}
+
+// sampleSize is how many stored DEKs Initialize tries to open.
+const sampleSize = 16
+
+// checkKeys refuses a keyring that opens none of the DEKs already stored,
+// so a misconfigured instance never creates DEKs the rest of the fleet
+// cannot open.
+func (p *Plugin) checkKeys(db *gorm.DB) error {
+	tx := db.Session(&gorm.Session{NewDB: true, Context: context.Background()})
+	if !tx.Migrator().HasTable(p.prof.Table) {
+		return nil
+	}
+	var encs [][]byte
+	err := tx.Table(p.prof.Table).
+		Where(p.prof.DEK.DBName+" IS NOT NULL").
+		Order(p.prof.ID.DBName+" DESC").Limit(sampleSize*2).
+		Pluck(p.prof.DEK.DBName, &encs).Error
+	if err != nil {
+		return fmt.Errorf("envelope: check keys against %s: %w", p.prof.Table, err)
+	}
+	tried := 0
+	for _, e := range encs {
+		if len(e) == 0 || dek.IsTombstone(e) {
+			continue
+		}
+		tried++
+		if _, _, err := p.keys.Open(context.Background(), e); err == nil {
+			return nil
+		} else if !errors.Is(err, dek.ErrDecrypt) {
+			return fmt.Errorf("envelope: check keys: %w", err)
+		}
+		if tried == sampleSize {
+			break
+		}
+	}
+	if tried == 0 {
+		return nil
+	}
+	return fmt.Errorf("%w: the configured master keys open none of %d stored DEKs in %s: wrong DEK_ENCRYPTION_KEY? (see docs/key-management.md)", ErrDecrypt, tried, p.prof.Table)
+}
+
+func (p *Plugin) register(db *gorm.DB) error {
+	cb := db.Callback()
+	regs := []struct {
+		name string
+		err  error
+	}{
+		{"envelope:before_create", cb.Create().After("gorm:save_before_associations").Before("gorm:create").Register("envelope:before_create", p.beforeCreate)},
+		{"envelope:after_create", cb.Create().After("gorm:commit_or_rollback_transaction").Register("envelope:after_create", p.afterWrite)},
+		{"envelope:before_update", cb.Update().After("gorm:save_before_associations").Before("gorm:update").Register("envelope:before_update", p.beforeUpdate)},
+		{"envelope:after_update", cb.Update().After("gorm:commit_or_rollback_transaction").Register("envelope:after_update", p.afterWrite)},
+		{"envelope:after_query", cb.Query().After("gorm:query").Before("gorm:preload").Register("envelope:after_query", p.afterQuery)},
+	}
+	for _, r := range regs {
+		if r.err != nil {
+			return fmt.Errorf("envelope: register callback %s: %w", r.name, r.err)
+		}
+	}
+	return nil
+}
+
+// pluginOf returns the envelope plugin registered on db.
+func pluginOf(db *gorm.DB) (*Plugin, error) {
+	if pl, ok := db.Config.Plugins[Name]; ok {
+		if p, ok := pl.(*Plugin); ok {
+			return p, nil
+		}
+	}
+	return nil, errors.New("envelope: plugin not registered on this *gorm.DB (call db.Use(envelope.New(...)) first)")
+}

@@ -1,0 +1,103 @@
+package envelope
+
+import (
+	"context"
+	"fmt"
+	"reflect"
+
+	"gorm.io/gorm/schema"
+)
+
+// Serializer is the GORM serializer registered as "envelope". Fields tagged
+// gorm:"serializer:envelope" (string, *string or []byte) are stored as
+// Fernet tokens under their owner's DEK.
+//
+// The serializer holds no state and never queries the database: the
+// plugin's callbacks resolve keys and encrypt before a write, and decrypt
+// after a query. Value only hands over the token prepared for the value, so
+// it is pure and cannot fail on a statement the callbacks accepted; Scan
+// stores the raw column value for the after-query decryption.
+type Serializer struct{}
+
+// Scan stores the raw column value (a token, or NULL) in the field.
+func (Serializer) Scan(ctx context.Context, field *schema.Field, dst reflect.Value, dbValue any) error {
+	fv := field.ReflectValueOf(ctx, dst)
+	switch v := dbValue.(type) {
+	case nil:
+		fv.Set(reflect.Zero(field.FieldType))
+		return nil
+	case string:
+		return setRaw(fv, field, v, nil)
+	case []byte:
+		return setRaw(fv, field, "", v)
+	}
+	return fmt.Errorf("envelope: %s.%s: unexpected column value type %T", field.Schema.Name, field.Name, dbValue)
+}
+
+func setRaw(fv reflect.Value, field *schema.Field, s string, b []byte) error {
+	switch field.FieldType {
+	case typeString:
+		if b != nil {
+			s = string(b)
+		}
+		fv.SetString(s)
+	case typeStringPtr:
+		if b != nil {
+			s = string(b)
+		}
+		fv.Set(reflect.ValueOf(&s))
+	case typeBytes:
+		if b == nil {
+			b = []byte(s)
+		} else {
+			b = append([]byte(nil), b...) // the driver may reuse its buffer
+		}
+		fv.SetBytes(b)
+	default:
+		return fmt.Errorf("envelope: %s.%s: serializer:envelope supports string, *string and []byte, not %s", field.Schema.Name, field.Name, field.FieldType)
+	}
+	return nil
+}
+
+// Value returns the token that the plugin's before-write callback prepared
+// for this value, or nil for a nil pointer or nil []byte.
+func (Serializer) Value(ctx context.Context, field *schema.Field, dst reflect.Value, fieldValue any) (any, error) {
+	plain, isNil, ok := plainOf(fieldValue)
+	if !ok {
+		return nil, fmt.Errorf("envelope: %s.%s: unsupported value type %T", field.Schema.Name, field.Name, fieldValue)
+	}
+	if isNil {
+		return nil, nil
+	}
+	st, _ := ctx.Value(stateKey{}).(*writeState)
+	if st == nil {
+		return nil, fmt.Errorf("%w: %s.%s: an encrypted value can only be written by Create, Save or Update, and compared in no query (see docs/security-model.md)", ErrUnsafe, field.Schema.Name, field.Name)
+	}
+	owner := st.ownerFor(dst)
+	tok, ok := st.tokens[tokKey{col: field.DBName, owner: owner, plain: plain}]
+	if !ok {
+		return nil, fmt.Errorf("%w: %s.%s: value was not prepared for owner %v", ErrNoOwner, field.Schema.Name, field.Name, owner)
+	}
+	return tok, nil
+}
+
+// plainOf extracts the plaintext of a field value.
+func plainOf(v any) (plain string, isNil, ok bool) {
+	switch x := v.(type) {
+	case nil:
+		return "", true, true
+	case string:
+		return x, false, true
+	case *string:
+		if x == nil {
+			return "", true, true
+		}
+		return *x, false, true
+	case []byte:
+		if x == nil {
+			return "", true, true
+		}
+		return string(x), false, true
+	}
+	return "", false, false
+}

@@ -1,0 +1,269 @@
+package envelope_test
+
+import (
+	"errors"
+	"strings"
+	"testing"
+
+	"github.com/gorm-envelope/envelope"
+	"github.com/gorm-envelope/envelope/internal/testdb"
+	"github.com/gorm-envelope/envelope/internal/token"
+	"gorm.io/gorm"
+	"gorm.io/gorm/clause"
+)
+
+// Every GORM write path stores a Fernet token, never the plaintext, logs
+// no plaintext at Info level, and reads back.
+func TestWritePaths(t *testing.T) {
+	type path struct {
+		name  string
+		write func(t *testing.T, db *gorm.DB, secret string) uint // returns the row id
+	}
+	seed := func(t *testing.T, db *gorm.DB) *Credential {
+		c := &Credential{UserID: 7, Facility: "lco", Password: "seed-password"}
+		if err := db.Create(c).Error; err != nil {
+			t.Fatalf("seed: %v", err)
+		}
+		return c
+	}
+	paths := []path{
+		{"Create", func(t *testing.T, db *gorm.DB, s string) uint {
+			c := &Credential{UserID: 7, Password: s}
+			must(t, db.Create(c).Error)
+			if c.Password != s {
+				t.Errorf("caller's struct changed: %q", c.Password)
+			}
+			return c.ID
+		}},
+		{"CreateSlice", func(t *testing.T, db *gorm.DB, s string) uint {
+			cs := []*Credential{{UserID: 7, Password: s}, {UserID: 8, Password: s}}
+			must(t, db.Create(&cs).Error)
+			return cs[1].ID
+		}},
+		{"CreateInBatches", func(t *testing.T, db *gorm.DB, s string) uint {
+			cs := make([]Credential, 25)
+			for i := range cs {
+				cs[i] = Credential{UserID: uint(100 + i%5), Password: s}
+			}
+			must(t, db.CreateInBatches(&cs, 10).Error)
+			return cs[24].ID
+		}},
+		{"Save", func(t *testing.T, db *gorm.DB, s string) uint {
+			c := seed(t, db)
+			c.Password = s
+			must(t, db.Save(c).Error)
+			return c.ID
+		}},
+		{"SaveNew", func(t *testing.T, db *gorm.DB, s string) uint {
+			c := &Credential{UserID: 9, Password: s}
+			must(t, db.Save(c).Error)
+			return c.ID
+		}},
+		{"FirstOrCreateAttrs", func(t *testing.T, db *gorm.DB, s string) uint {
+			var c Credential
+			must(t, db.Where(Credential{UserID: 11, Facility: "new"}).Attrs(Credential{Password: s}).FirstOrCreate(&c).Error)
+			return c.ID
+		}},
+		{"FirstOrCreateAssignStruct", func(t *testing.T, db *gorm.DB, s string) uint {
+			seed(t, db)
+			var c Credential
+			must(t, db.Where(Credential{UserID: 7, Facility: "lco"}).Assign(Credential{Password: s}).FirstOrCreate(&c).Error)
+			if c.Password != s {
+				t.Errorf("dest Password = %q", c.Password)
+			}
+			return c.ID
+		}},
+		{"FirstOrCreateAssignMap", func(t *testing.T, db *gorm.DB, s string) uint {
+			seed(t, db)
+			var c Credential
+			must(t, db.Where(Credential{UserID: 7, Facility: "lco"}).Assign(map[string]any{"password": s}).FirstOrCreate(&c).Error)
+			return c.ID
+		}},
+		{"UpdatesStruct", func(t *testing.T, db *gorm.DB, s string) uint {
+			c := seed(t, db)
+			must(t, db.Model(c).Updates(Credential{Password: s}).Error)
+			if c.Password != s {
+				t.Errorf("model Password = %q", c.Password)
+			}
+			return c.ID
+		}},
+		{"UpdateColumn", func(t *testing.T, db *gorm.DB, s string) uint {
+			c := seed(t, db)
+			must(t, db.Model(c).Update("password", s).Error)
+			if c.Password != s {
+				t.Errorf("model Password = %q, want the plaintext", c.Password)
+			}
+			return c.ID
+		}},
+		{"UpdatesMap", func(t *testing.T, db *gorm.DB, s string) uint {
+			c := seed(t, db)
+			m := map[string]any{"Password": s, "facility": "x"}
+			must(t, db.Model(c).Updates(m).Error)
+			if m["Password"] != s {
+				t.Errorf("caller's map changed: %v", m["Password"])
+			}
+			if c.Password != s {
+				t.Errorf("model Password = %q", c.Password)
+			}
+			return c.ID
+		}},
+		{"UpdateColumnNoHooks", func(t *testing.T, db *gorm.DB, s string) uint {
+			c := seed(t, db)
+			must(t, db.Model(c).UpdateColumn("password", s).Error)
+			return c.ID
+		}},
+		{"UpdateColumnsMap", func(t *testing.T, db *gorm.DB, s string) uint {
+			c := seed(t, db)
+			must(t, db.Model(c).UpdateColumns(map[string]any{"password": s}).Error)
+			return c.ID
+		}},
+		{"UpdateColumnsStruct", func(t *testing.T, db *gorm.DB, s string) uint {
+			c := seed(t, db)
+			must(t, db.Model(c).UpdateColumns(Credential{Password: s}).Error)
+			return c.ID
+		}},
+		{"OnConflictAssignments", func(t *testing.T, db *gorm.DB, s string) uint {
+			c := seed(t, db)
+			dup := &Credential{ID: c.ID, UserID: 7, Password: "ignored"}
+			must(t, db.Clauses(clause.OnConflict{
+				Columns:   []clause.Column{{Name: "id"}},
+				DoUpdates: clause.Assignments(map[string]any{"password": s}),
+			}).Create(dup).Error)
+			return c.ID
+		}},
+		{"OnConflictExcluded", func(t *testing.T, db *gorm.DB, s string) uint {
+			c := seed(t, db)
+			dup := &Credential{ID: c.ID, UserID: 7, Password: s}
+			must(t, db.Clauses(clause.OnConflict{
+				Columns:   []clause.Column{{Name: "id"}},
+				DoUpdates: clause.AssignmentColumns([]string{"password"}),
+			}).Create(dup).Error)
+			return c.ID
+		}},
+		{"OnConflictUpdateAll", func(t *testing.T, db *gorm.DB, s string) uint {
+			c := seed(t, db)
+			dup := &Credential{ID: c.ID, UserID: 7, Password: s}
+			must(t, db.Clauses(clause.OnConflict{UpdateAll: true}).Create(dup).Error)
+			return c.ID
+		}},
+		{"CreateMap", func(t *testing.T, db *gorm.DB, s string) uint {
+			m := map[string]any{"UserID": 12, "Password": s, "Facility": "map"}
+			must(t, db.Model(&Credential{}).Create(m).Error)
+			if m["Password"] != s {
+				t.Errorf("caller's map changed: %v", m["Password"])
+			}
+			var c Credential
+			must(t, db.Where("facility = ?", "map").First(&c).Error)
+			return c.ID
+		}},
+		{"CreateSliceOfMaps", func(t *testing.T, db *gorm.DB, s string) uint {
+			ms := []map[string]any{{"user_id": 13, "password": s, "facility": "m1"}, {"user_id": 14, "password": s, "facility": "m2"}}
+			must(t, db.Model(&Credential{}).Create(&ms).Error)
+			var c Credential
+			must(t, db.Where("facility = ?", "m2").First(&c).Error)
+			return c.ID
+		}},
+		{"Transaction", func(t *testing.T, db *gorm.DB, s string) uint {
+			var id uint
+			must(t, db.Transaction(func(tx *gorm.DB) error {
+				c := &Credential{UserID: 15, Password: s}
+				if err := tx.Create(c).Error; err != nil {
+					return err
+				}
+				id = c.ID
+				return tx.Model(c).Update("password", s).Error
+			}))
+			return id
+		}},
+	}
+	testdb.ForEach(t, func(t *testing.T, base *gorm.DB) {
+		d := testdb.DialectOf(base)
+		for _, p := range paths {
+			t.Run(p.name, func(t *testing.T) {
+				log := newSQLLog()
+				db := testdb.Open(t, d, testdb.Options{Logger: log})
+				setup(t, db, newKeys(t))
+				secret := "plaintext-marker-" + strings.ToLower(p.name)
+				id := p.write(t, db, secret)
+				if t.Failed() {
+					return
+				}
+				stored, ok := rawColumn(t, db, "credentials", "password", id)
+				if !ok || !token.LooksLikeString(stored) {
+					t.Fatalf("stored password = %q, want a Fernet token", stored)
+				}
+				if strings.Contains(log.String(), secret) {
+					t.Errorf("GORM log holds the plaintext:\n%s", log.String())
+				}
+				var got Credential
+				must(t, db.First(&got, id).Error)
+				if got.Password != secret {
+					t.Errorf("read back %q, want %q", got.Password, secret)
+				}
+			})
+		}
+	})
+}
+
+func must(t testing.TB, err error) {
+	t.Helper()
+	if err != nil {
+		t.Fatal(err)
+	}
+}
+
+// Writes without an owner are refused with ErrNoOwner and write nothing.
+func TestNoOwner(t *testing.T) {
+	testdb.ForEach(t, func(t *testing.T, db *gorm.DB) {
+		setup(t, db, newKeys(t))
+		err := db.Create(&Credential{Password: "no-owner"}).Error
+		if !errors.Is(err, envelope.ErrNoOwner) {
+			t.Fatalf("Create without owner: %v, want ErrNoOwner", err)
+		}
+		err = db.Model(&Credential{}).Where("facility = ?", "x").Update("password", "no-owner").Error
+		if !errors.Is(err, envelope.ErrNoOwner) {
+			t.Fatalf("Update without owner: %v, want ErrNoOwner", err)
+		}
+		a := &Credential{UserID: 1, Password: "a"}
+		b := &Credential{UserID: 2, Password: "b"}
+		must(t, db.Create(a).Error)
+		must(t, db.Create(b).Error)
+		err = db.Model(&[]Credential{*a, *b}).Update("password", "both").Error
+		if !errors.Is(err, envelope.ErrNoOwner) {
+			t.Fatalf("Update over two owners: %v, want ErrNoOwner", err)
+		}
+		var n int64
+		must(t, db.Model(&Credential{}).Count(&n).Error)
+		if n != 2 {
+			t.Fatalf("%d rows, want 2", n)
+		}
+	})
+}
+
+// Expressions and subqueries assigned to encrypted columns are refused.
+func TestUnsafeAssignmentsRefused(t *testing.T) {
+	testdb.ForEach(t, func(t *testing.T, db *gorm.DB) {
+		setup(t, db, newKeys(t))
+		c := &Credential{UserID: 1, Facility: "plain-facility", Password: "p"}
+		must(t, db.Create(c).Error)
+		cases := map[string]*gorm.DB{
+			"Expr":     db.Model(c).Update("password", gorm.Expr("facility")),
+			"Subquery": db.Model(c).Update("password", db.Model(&Credential{}).Select("facility").Limit(1)),
+			"IntValue": db.Model(c).Update("password", 42),
+			"OnConflictColumn": db.Clauses(clause.OnConflict{
+				Columns:   []clause.Column{{Name: "id"}},
+				DoUpdates: []clause.Assignment{{Column: clause.Column{Name: "password"}, Value: clause.Column{Table: "excluded", Name: "facility"}}},
+			}).Create(&Credential{ID: c.ID, UserID: 1, Facility: "f", Password: "x"}),
+		}
+		for name, res := range cases {
+			if !errors.Is(res.Error, envelope.ErrUnsafe) {
+				t.Errorf("%s: %v, want ErrUnsafe", name, res.Error)
+			}
+		}
+		var got Credential
+		must(t, db.First(&got, c.ID).Error)
+		if got.Password != "p" {
+			t.Fatalf("password = %q after refused updates", got.Password)
+		}
+	})
+}
