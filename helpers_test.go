@@ -98,9 +98,9 @@ func (w lockedWriter) Write(p []byte) (int, error) {
 }
 
 func (l *sqlLog) LogMode(level logger.LogLevel) logger.Interface { return l }
-func (l *sqlLog) Info(ctx context.Context, s string, a ...any)    { l.inner.Info(ctx, s, a...) }
-func (l *sqlLog) Warn(ctx context.Context, s string, a ...any)    { l.inner.Warn(ctx, s, a...) }
-func (l *sqlLog) Error(ctx context.Context, s string, a ...any)   { l.inner.Error(ctx, s, a...) }
+func (l *sqlLog) Info(ctx context.Context, s string, a ...any)   { l.inner.Info(ctx, s, a...) }
+func (l *sqlLog) Warn(ctx context.Context, s string, a ...any)   { l.inner.Warn(ctx, s, a...) }
+func (l *sqlLog) Error(ctx context.Context, s string, a ...any)  { l.inner.Error(ctx, s, a...) }
 func (l *sqlLog) Trace(ctx context.Context, begin time.Time, fc func() (string, int64), err error) {
 	l.inner.Trace(ctx, begin, fc, err)
 }
