@@ -444,8 +444,12 @@ func (p *Plugin) statementMeta(db *gorm.DB) *modelMeta {
 		return nil
 	}
 	m := p.metaOf(db.Statement.Schema)
-	if m.err != nil {
-		db.AddError(m.err)
+	err := m.err
+	if err == nil {
+		err = m.ownerless()
+	}
+	if err != nil {
+		db.AddError(err)
 		return nil
 	}
 	return m

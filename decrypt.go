@@ -73,12 +73,12 @@ func (p *Plugin) afterQuery(db *gorm.DB) {
 	} else {
 		m = p.metaOfType(db, elemType)
 	}
-	joins := joinPaths(stmt)
-	if (m == nil || len(m.fields) == 0) && len(joins) == 0 {
-		return
-	}
 	if m != nil && m.err != nil {
 		db.AddError(m.err)
+		return
+	}
+	joins := joinPaths(stmt)
+	if (m == nil || len(m.fields) == 0) && len(joins) == 0 {
 		return
 	}
 
@@ -88,20 +88,17 @@ func (p *Plugin) afterQuery(db *gorm.DB) {
 		if m == nil || len(m.fields) == 0 {
 			return
 		}
+		o := m.ownerOf(v)
+		targets = append(targets, target{m: m, v: v, owner: o})
+		if o == nil {
+			return
+		}
 		for i := range m.fields {
-			fv, ok := fieldValue(m.fields[i].f, v)
-			if ok && hasToken(fv, m.fields[i].kind) {
-				o := m.ownerOf(v)
-				targets = append(targets, target{m: m, v: v, owner: o})
-				if o != nil {
-					owners[o] = struct{}{}
-				}
+			if fv, ok := fieldValue(m.fields[i].f, v); ok && hasToken(fv, m.fields[i].kind) {
+				owners[o] = struct{}{}
 				return
 			}
 		}
-		// Nothing to decrypt, but plaintext that is not a token may still be
-		// there (a non-token value read from the column): check it below.
-		targets = append(targets, target{m: m, v: v})
 	}
 	visit := func(v reflect.Value) {
 		v = reflect.Indirect(v)

@@ -207,3 +207,5 @@ func (c *slogCapture) Lines() []string {
 }
 
 var _ = testdb.SQLite
+
+func slogLogger(h *slogCapture) *slog.Logger { return slog.New(h) }

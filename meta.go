@@ -80,13 +80,20 @@ func buildMeta(s *schema.Schema, profileType reflect.Type) *modelMeta {
 		}
 	}
 	if len(m.fields) > 0 {
-		if m.owner == nil {
-			m.err = fmt.Errorf("%w: model %s has encrypted fields but no field tagged envelope:\"owner\"", ErrNoOwner, s.Name)
-		} else if !profilemeta.IsOwnerKind(m.owner.IndirectFieldType.Kind()) {
+		if m.owner != nil && !profilemeta.IsOwnerKind(m.owner.IndirectFieldType.Kind()) {
 			m.err = fmt.Errorf("envelope: model %s: owner field %s must be an integer or a string, not %s", s.Name, m.owner.Name, m.owner.FieldType)
 		}
 	}
 	return m
+}
+
+// ownerless returns the error for a model that has encrypted fields but
+// no owner field, or nil.
+func (m *modelMeta) ownerless() error {
+	if len(m.fields) > 0 && m.owner == nil {
+		return fmt.Errorf("%w: model %s has encrypted fields but no field tagged envelope:\"owner\"", ErrNoOwner, m.name)
+	}
+	return nil
 }
 
 // metaOf returns the cached metadata of a parsed schema.
