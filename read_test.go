@@ -99,14 +99,14 @@ func TestReadVectors(t *testing.T) {
 // Preload and Joins results are decrypted, nested structs included.
 type Account struct {
 	ID          uint
-	UserID      uint `envelope:"owner"`
-	Email       string `gorm:"serializer:envelope"`
+	UserID      uint         `envelope:"owner"`
+	Email       string       `gorm:"serializer:envelope"`
 	Credentials []Credential `gorm:"foreignKey:UserID;references:UserID"`
 }
 
 type Order struct {
 	ID        uint
-	UserID    uint `envelope:"owner"`
+	UserID    uint   `envelope:"owner"`
 	Secret    string `gorm:"serializer:envelope"`
 	AccountID uint
 	Account   Account
