@@ -1,0 +1,203 @@
+package main
+
+import (
+	"context"
+	"flag"
+	"fmt"
+	"io"
+	"slices"
+	"text/tabwriter"
+
+	"github.com/gorm-envelope/envelope/dek"
+	"github.com/gorm-envelope/envelope/rotate"
+)
+
+var cmdKeygen = &command{
+	name:  "keygen",
+	short: "print a new master key",
+	long: `Prints a new random master key (a Fernet key: 44 characters of URL-safe
+base64) on stdout. Store it as DEK_ENCRYPTION_KEY, in a secret store, and
+back it up: without it the encrypted data cannot be read.`,
+	run: func(_ context.Context, e *env, _ *opts) error {
+		k, err := dek.GenerateKey()
+		if err != nil {
+			return err
+		}
+		_, err = fmt.Fprintln(e.stdout, k)
+		return err
+	},
+}
+
+var cmdStatus = &command{
+	name:  "status",
+	args:  "[--env-file PATH] [--batch-size N]",
+	short: "count the DEKs each configured key opens",
+	long: `Opens every DEK and prints how many each configured key opens (the primary,
+then each previous key by fingerprint), how many no key opens, and how many
+profiles have no DEK or a shredded one. A previous key that opens no DEK can
+be removed from DEK_ENCRYPTION_KEY_PREVIOUS once every app instance runs with
+the current primary. Writes nothing.`,
+	flags: func(fs *flag.FlagSet, o *opts) {
+		o.batchFlags(fs)
+		fs.StringVar(&o.envFile, "env-file", "", "read the keys from this env file instead of the environment")
+	},
+	run: func(ctx context.Context, e *env, o *opts) error {
+		st, err := scanKeys(ctx, e, o, "status")
+		if err != nil {
+			return err
+		}
+		printStatus(e.stdout, st)
+		return nil
+	},
+}
+
+var cmdVerify = &command{
+	name:  "verify",
+	args:  "[--env-file PATH] [--batch-size N]",
+	short: "open every DEK; fail if any cannot be opened",
+	long: `Opens every DEK with the configured keys. Exits 0 if all open (or are empty or
+shredded), 1 if any cannot be opened, naming each such profile (id and owner)
+on stderr. Writes nothing.`,
+	flags: cmdStatus.flags,
+	run: func(ctx context.Context, e *env, o *opts) error {
+		st, err := scanKeys(ctx, e, o, "verify")
+		if err != nil {
+			return err
+		}
+		if st.Undecryptable > 0 {
+			printFailures(e.stderr, "cannot open DEK", st.Failures, st.Undecryptable)
+			return &rotate.FailedError{Op: "verify", Count: st.Undecryptable}
+		}
+		fmt.Fprintf(e.stdout, "verified %d profiles: every DEK opens (%d empty, %d shredded)\n", st.Total, st.Empty, st.Shredded)
+		return nil
+	},
+}
+
+var cmdBackfill = &command{
+	name:  "backfill",
+	args:  "[--env-file PATH] [--batch-size N] [--dry-run]",
+	short: "give a DEK to every profile without one",
+	long: `Gives a new DEK, encrypted under the primary key, to every profile whose DEK
+column is NULL or empty. Only the DEK column is written, and only where it is
+still empty, so it is safe while the app runs.`,
+	flags: func(fs *flag.FlagSet, o *opts) {
+		cmdStatus.flags(fs, o)
+		fs.BoolVar(&o.dryRun, "dry-run", false, "only count the profiles without a DEK")
+	},
+	run: func(ctx context.Context, e *env, o *opts) error {
+		keys, err := o.currentKeys(e)
+		if err != nil {
+			return err
+		}
+		ring, err := keys.ring()
+		if err != nil {
+			return err
+		}
+		db, err := o.open()
+		if err != nil {
+			return err
+		}
+		defer closeDB(db)
+		ro := o.rotateOptions(ring)
+		p := newProgress(e, "backfill")
+		ro.Progress = p.update
+		n, err := rotate.Backfill(ctx, db, ro)
+		p.finish()
+		if err != nil {
+			return err
+		}
+		if o.dryRun {
+			fmt.Fprintf(e.stdout, "dry run: %d profiles have no DEK\n", n)
+		} else {
+			fmt.Fprintf(e.stdout, "gave a new DEK to %d profiles\n", n)
+		}
+		return nil
+	},
+}
+
+// scanKeys runs rotate.Status with the current keys.
+func scanKeys(ctx context.Context, e *env, o *opts, label string) (rotate.StatusResult, error) {
+	keys, err := o.currentKeys(e)
+	if err != nil {
+		return rotate.StatusResult{}, err
+	}
+	ring, err := keys.ring()
+	if err != nil {
+		return rotate.StatusResult{}, err
+	}
+	db, err := o.open()
+	if err != nil {
+		return rotate.StatusResult{}, err
+	}
+	defer closeDB(db)
+	ro := o.rotateOptions(ring)
+	p := newProgress(e, label)
+	ro.Progress = p.update
+	st, err := rotate.Status(ctx, db, ro)
+	p.finish()
+	return st, err
+}
+
+func printStatus(w io.Writer, st rotate.StatusResult) {
+	tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', tabwriter.AlignRight)
+	fmt.Fprintf(tw, "key\tfingerprint\tDEKs\t\n")
+	for _, k := range st.Keys {
+		name := "primary"
+		if k.Index > 0 {
+			name = fmt.Sprintf("previous %d", k.Index)
+		}
+		fmt.Fprintf(tw, "%s\t%s\t%d\t\n", name, k.ID, k.Count)
+	}
+	fmt.Fprintf(tw, "none (undecryptable)\t\t%d\t\n", st.Undecryptable)
+	fmt.Fprintf(tw, "empty\t\t%d\t\n", st.Empty)
+	fmt.Fprintf(tw, "shredded\t\t%d\t\n", st.Shredded)
+	fmt.Fprintf(tw, "total\t\t%d\t\n", st.Total)
+	tw.Flush()
+	for _, k := range st.Keys[1:] {
+		if k.Count == 0 {
+			fmt.Fprintf(w, "previous key %d (%s) opens no DEK: it can be retired once every app instance runs with the primary\n", k.Index, k.ID)
+		}
+	}
+	if st.Undecryptable > 0 {
+		fmt.Fprintf(w, "%d DEKs open under no configured key: run envelope verify to name them\n", st.Undecryptable)
+	}
+}
+
+// printFailures prints one line per failure, at most 20, on w.
+func printFailures(w io.Writer, what string, fs []rotate.Failure, count int) {
+	const show = 20
+	for i, f := range fs {
+		if i == show {
+			break
+		}
+		fmt.Fprintf(w, "envelope: %s: %s\n", what, f)
+	}
+	if count > min(len(fs), show) {
+		fmt.Fprintf(w, "envelope: ... and %d more\n", count-min(len(fs), show))
+	}
+}
+
+// currentKeys returns the configured master keys: from --env-file when it
+// sets DEK_ENCRYPTION_KEY, otherwise from the environment. If both set the
+// keys they must agree, since rotate rewrites the file from what it read.
+func (o *opts) currentKeys(e *env) (keyset, error) {
+	envKeys := keysFrom("the environment", e.lookup)
+	if o.envFile == "" {
+		return envKeys, nil
+	}
+	vars, err := readEnvFile(o.envFile)
+	if err != nil {
+		return keyset{}, fmt.Errorf("read env file: %w", err)
+	}
+	fileKeys := keysFrom(o.envFile, func(k string) (string, bool) {
+		v, ok := vars[k]
+		return v, ok
+	})
+	if fileKeys.primary == "" {
+		return envKeys, nil
+	}
+	if envKeys.primary != "" && !slices.Equal(envKeys.all(), fileKeys.all()) {
+		return keyset{}, fmt.Errorf("the keys in the environment differ from those in %s: unset %s and %s, or make them agree", o.envFile, dek.EnvKey, dek.EnvKeyPrevious)
+	}
+	return fileKeys, nil
+}

@@ -1,0 +1,46 @@
+// Package rotate re-encrypts every Profile DEK under a keyring's primary
+// master key, and counts DEKs by the key that opens them.
+//
+// Rotating the master key rewrites only the Profile table's DEK column:
+// the app's encrypted data is under the DEKs, which do not change, so it is
+// never read or written.
+//
+// # Safety
+//
+// [Run] reads profiles in primary key order, a batch at a time (keyset
+// pagination, so memory is flat in the number of profiles). For each batch
+// it opens every DEK with the keyring, seals it under the primary key,
+// checks that the result opens under the primary key alone to the same DEK,
+// and writes the batch in one short transaction with a compare-and-swap:
+// a row is updated only where it still holds the exact value that was
+// read. So:
+//
+//   - every DEK opens under the keyring at every instant: a run killed at any
+//     point loses nothing, and running it again finishes the rest;
+//   - a second run rotates nothing (DEKs already under the primary key are
+//     counted in [Result].AlreadyCurrent);
+//   - a concurrent change (the app creating a DEK, a crypto-shred) is never
+//     overwritten: the row is read again and handled as it now is;
+//   - a DEK no key opens is reported by owner in [Result].Failures, the rest
+//     are still rotated, and Run returns a [*FailedError];
+//   - crypto-shredded DEKs (see [dek.IsTombstone]) and empty ones are left
+//     alone and counted.
+//
+// The master key itself must be recorded (the app's environment, a secret
+// store) before Run writes any DEK under it: the envelope command does that
+// for you (envelope rotate --env-file). See docs/key-management.md.
+//
+// # Dialects
+//
+// On PostgreSQL a batch is written with a single UPDATE … FROM unnest(…)
+// of three array parameters; on SQLite with UPDATE … FROM (VALUES …).
+// Other dialects, and non-integer primary keys on PostgreSQL, use one
+// prepared conditional UPDATE per row inside the batch's transaction.
+//
+// # Status
+//
+// [Status] opens every DEK and counts them per key of the keyring: when no
+// DEK is left under a previous key, that key can be retired. [Verify] is
+// Status that returns an error if any DEK cannot be opened. [Backfill] gives
+// a DEK to every profile that has none.
+package rotate

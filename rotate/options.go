@@ -1,0 +1,180 @@
+package rotate
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"strings"
+
+	"gorm.io/gorm"
+
+	"github.com/gorm-envelope/envelope/dek"
+	"github.com/gorm-envelope/envelope/internal/profilemeta"
+)
+
+// Defaults used when [Options.Profile] is nil and a name is left empty.
+const (
+	DefaultTable       = "profiles"
+	DefaultIDColumn    = "id"
+	DefaultDEKColumn   = "encrypted_dek"
+	DefaultOwnerColumn = "user_id"
+	DefaultBatchSize   = 1000
+)
+
+// MaxFailures is how many [Failure] records a [Result] or [StatusResult]
+// keeps. Counts are always complete; only the list is capped, so that
+// memory stays flat however many DEKs fail.
+const MaxFailures = 1000
+
+// Options says where the DEKs are and how to process them.
+type Options struct {
+	// Keys is the master keyring. Run re-encrypts under its primary key and
+	// opens with any of its keys. Required.
+	Keys *dek.Keyring
+
+	// Profile is the app's profile model (e.g. &Profile{}), with fields
+	// tagged envelope:"owner" and envelope:"dek". When set, Table and the
+	// column names below are taken from it and the fields are ignored.
+	Profile any
+
+	// Table and column names, used when Profile is nil. Empty names take the
+	// defaults: profiles, id, encrypted_dek, user_id. OwnerColumn is only
+	// used to name owners in failure reports; "-" leaves it out.
+	Table, IDColumn, DEKColumn, OwnerColumn string
+
+	// BatchSize is the number of profiles read and written per transaction.
+	// Zero means DefaultBatchSize.
+	BatchSize int
+
+	// DryRun makes Run and Backfill do everything except write: Result
+	// counts what a real run would have done.
+	DryRun bool
+
+	// Progress, if set, is called after each batch with the counts so far.
+	// It runs on the calling goroutine and should return quickly.
+	Progress func(Progress)
+
+	// beforeWrite, set by tests, runs before each batch's write with the
+	// attempt number (1 for the first).
+	beforeWrite func(attempt int)
+}
+
+// Progress is what [Options.Progress] receives after each batch.
+type Progress struct {
+	// Scanned is the number of profiles examined so far.
+	Scanned int
+	// Total is the number of profiles counted when the run started; it is
+	// an estimate on a live database (profiles may be added meanwhile).
+	Total int
+	// The counts so far, as in Result.
+	Rotated, AlreadyCurrent, Empty, Shredded, Failed, Skipped int
+}
+
+// Failure names a DEK that could not be processed. It never holds key
+// material.
+type Failure struct {
+	ID     string // the profile's primary key
+	Owner  string // the profile's owner column, if known
+	Reason string
+}
+
+func (f Failure) String() string {
+	if f.Owner == "" {
+		return fmt.Sprintf("id %s: %s", f.ID, f.Reason)
+	}
+	return fmt.Sprintf("id %s (owner %s): %s", f.ID, f.Owner, f.Reason)
+}
+
+// FailedError is the error Run and Verify return when some DEKs could not
+// be opened (or re-encrypted). The other DEKs were processed. It wraps
+// [dek.ErrDecrypt].
+type FailedError struct {
+	Op    string // "rotate" or "verify"
+	Count int
+}
+
+func (e *FailedError) Error() string {
+	if e.Count == 1 {
+		return e.Op + ": 1 DEK could not be opened"
+	}
+	return fmt.Sprintf("%s: %d DEKs could not be opened", e.Op, e.Count)
+}
+
+// Unwrap returns [dek.ErrDecrypt].
+func (e *FailedError) Unwrap() error { return dek.ErrDecrypt }
+
+// target is the resolved table and quoted SQL names for one run.
+type target struct {
+	db        *gorm.DB
+	dialect   string
+	table     string // quoted
+	id        string // quoted
+	dek       string // quoted
+	owner     string // quoted, or "" when none
+	batchSize int
+
+	beforeWrite func(attempt int)
+}
+
+func (o *Options) resolve(ctx context.Context, db *gorm.DB) (*target, error) {
+	if db == nil {
+		return nil, errors.New("rotate: nil *gorm.DB")
+	}
+	if o.Keys == nil {
+		return nil, fmt.Errorf("rotate: Options.Keys is nil: %w", dek.ErrNoKey)
+	}
+	if o.BatchSize < 0 {
+		return nil, fmt.Errorf("rotate: negative batch size %d", o.BatchSize)
+	}
+	db = db.WithContext(ctx)
+	table, id, dekCol, owner := o.Table, o.IDColumn, o.DEKColumn, o.OwnerColumn
+	if o.Profile != nil {
+		p, err := profilemeta.Parse(db, o.Profile)
+		if err != nil {
+			return nil, fmt.Errorf("rotate: %w", err)
+		}
+		table, id, dekCol, owner = p.Table, p.ID.DBName, p.DEK.DBName, p.Owner.DBName
+	}
+	table = orDefault(table, DefaultTable)
+	id = orDefault(id, DefaultIDColumn)
+	dekCol = orDefault(dekCol, DefaultDEKColumn)
+	owner = orDefault(owner, DefaultOwnerColumn)
+	t := &target{
+		db:        db,
+		dialect:   db.Dialector.Name(),
+		table:     quote(db, table),
+		id:        quote(db, id),
+		dek:       quote(db, dekCol),
+		batchSize: o.BatchSize,
+
+		beforeWrite: o.beforeWrite,
+	}
+	if owner != "-" {
+		t.owner = quote(db, owner)
+	}
+	if t.batchSize == 0 {
+		t.batchSize = DefaultBatchSize
+	}
+	return t, nil
+}
+
+func orDefault(s, def string) string {
+	if s = strings.TrimSpace(s); s == "" {
+		return def
+	}
+	return s
+}
+
+func quote(db *gorm.DB, name string) string {
+	var b strings.Builder
+	db.Dialector.QuoteTo(&b, name)
+	return b.String()
+}
+
+// ph returns the i-th (1-based) bind placeholder of the dialect.
+func (t *target) ph(i int) string {
+	if t.dialect == "postgres" {
+		return fmt.Sprintf("$%d", i)
+	}
+	return "?"
+}

@@ -1,0 +1,271 @@
+package rotate
+
+import (
+	"context"
+	"crypto/subtle"
+	"fmt"
+	"runtime"
+	"strings"
+	"sync"
+
+	"gorm.io/gorm"
+
+	"github.com/gorm-envelope/envelope/dek"
+)
+
+// Result counts what Run did.
+type Result struct {
+	// Rotated counts DEKs this run re-encrypted under the primary key (in a
+	// dry run: would have).
+	Rotated int
+	// AlreadyCurrent counts DEKs that already opened under the primary key.
+	AlreadyCurrent int
+	// Empty counts profiles whose DEK column is NULL or empty (see Backfill).
+	Empty int
+	// Shredded counts crypto-shredded DEKs, which are left as they are.
+	Shredded int
+	// Failed counts DEKs that no configured key opens, or that could not be
+	// re-encrypted; Failures names them (up to MaxFailures).
+	Failed int
+	// Skipped counts DEKs that kept changing under this run (a concurrent
+	// writer won every compare-and-swap). They were left as the other
+	// writer made them; a second run picks them up.
+	Skipped int
+
+	Failures []Failure
+}
+
+func (r *Result) progress(scanned, total int) Progress {
+	return Progress{
+		Scanned: scanned, Total: total,
+		Rotated: r.Rotated, AlreadyCurrent: r.AlreadyCurrent, Empty: r.Empty,
+		Shredded: r.Shredded, Failed: r.Failed, Skipped: r.Skipped,
+	}
+}
+
+func (r *Result) fail(x row, reason string) {
+	r.Failed++
+	if len(r.Failures) < MaxFailures {
+		r.Failures = append(r.Failures, newFailure(x, reason))
+	}
+}
+
+func newFailure(x row, reason string) Failure {
+	return Failure{ID: idText(x.id), Owner: x.owner, Reason: reason}
+}
+
+// casAttempts is how many times Run tries to swap a DEK that a concurrent
+// writer keeps changing before it counts it as skipped.
+const casAttempts = 3
+
+// kind is what a DEK needs.
+type kind uint8
+
+const (
+	kindEmpty kind = iota
+	kindShredded
+	kindCurrent
+	kindRotate
+	kindFailed
+)
+
+// item is one row's outcome of the crypto step.
+type item struct {
+	kind   kind
+	keyIdx int    // index of the key that opened it
+	sealed []byte // kindRotate: the DEK under the primary key, verified
+	reason string // kindFailed
+}
+
+// Run re-encrypts, under opts.Keys' primary key, every DEK that opens under
+// one of its other keys. Only the DEK column is read and written.
+//
+// Profiles are read in primary key order, opts.BatchSize at a time. Each
+// batch's DEKs are opened, sealed under the primary key and checked (the
+// new value must open under the primary key alone, to the same DEK), then
+// written in one short transaction with a compare-and-swap: a row is
+// updated only if it still holds the exact value that was read, so a
+// concurrent change (a shred, a new DEK) is never overwritten. Every DEK is
+// openable by opts.Keys at every instant, so a run that is killed or
+// cancelled can simply be run again; a rerun rotates only what is left.
+//
+// DEKs that no key opens are counted in Result.Failed and named in
+// Result.Failures; the others are still rotated, and Run returns a
+// *[FailedError] naming the count. Any database error stops the run and is
+// returned with the counts so far.
+func Run(ctx context.Context, db *gorm.DB, opts Options) (Result, error) {
+	var res Result
+	t, err := opts.resolve(ctx, db)
+	if err != nil {
+		return res, err
+	}
+	primaryOnly, err := dek.NewKeyring(opts.Keys.Primary())
+	if err != nil {
+		return res, fmt.Errorf("rotate: %w", err)
+	}
+	total := 0
+	if opts.Progress != nil {
+		if total, err = t.count(ctx, ""); err != nil {
+			return res, err
+		}
+	}
+	c := &cryptor{keys: opts.Keys, verify: primaryOnly}
+	scanned := 0
+	err = t.scan(ctx, "", func(rows []row) error {
+		scanned += len(rows)
+		if err := t.rotateBatch(ctx, c, rows, opts.DryRun, &res); err != nil {
+			return err
+		}
+		if opts.Progress != nil {
+			opts.Progress(res.progress(scanned, total))
+		}
+		return nil
+	})
+	if err != nil {
+		return res, err
+	}
+	if res.Failed > 0 {
+		return res, &FailedError{Op: "rotate", Count: res.Failed}
+	}
+	return res, nil
+}
+
+// rotateBatch processes one batch: crypto, then the write, then up to
+// casAttempts-1 retries of rows a concurrent writer changed meanwhile.
+func (t *target) rotateBatch(ctx context.Context, c *cryptor, rows []row, dryRun bool, res *Result) error {
+	for attempt := 1; ; attempt++ {
+		items := c.process(ctx, rows)
+		var cs []change
+		var pending []row
+		for i, it := range items {
+			switch it.kind {
+			case kindEmpty:
+				res.Empty++
+			case kindShredded:
+				res.Shredded++
+			case kindCurrent:
+				res.AlreadyCurrent++
+			case kindFailed:
+				res.fail(rows[i], it.reason)
+			case kindRotate:
+				cs = append(cs, change{id: rows[i].id, old: rows[i].enc, new: it.sealed})
+				pending = append(pending, rows[i])
+			}
+		}
+		if len(cs) == 0 {
+			return nil
+		}
+		if dryRun {
+			res.Rotated += len(cs)
+			return nil
+		}
+		if t.beforeWrite != nil {
+			t.beforeWrite(attempt)
+		}
+		done, err := t.write(ctx, cs, false)
+		if err != nil {
+			return err
+		}
+		var lost []any
+		for i, ok := range done {
+			if ok {
+				res.Rotated++
+			} else {
+				lost = append(lost, pending[i].id)
+			}
+		}
+		if len(lost) == 0 {
+			return nil
+		}
+		if attempt == casAttempts {
+			res.Skipped += len(lost)
+			return nil
+		}
+		// A concurrent writer changed these rows: read them again and
+		// treat them afresh (they may now be current, shredded or gone).
+		if rows, err = t.reread(ctx, lost); err != nil {
+			return err
+		}
+	}
+}
+
+// write applies cs in one transaction.
+func (t *target) write(ctx context.Context, cs []change, emptyOnly bool) ([]bool, error) {
+	var done []bool
+	err := t.db.Transaction(func(tx *gorm.DB) error {
+		var err error
+		done, err = t.writerFor(cs).apply(ctx, tx.Statement.ConnPool, cs, emptyOnly)
+		return err
+	})
+	if err != nil {
+		return nil, err
+	}
+	return done, nil
+}
+
+// cryptor does a batch's key work on all CPUs.
+type cryptor struct {
+	keys   *dek.Keyring
+	verify *dek.Keyring // the primary key alone, when rotating
+	status bool         // only classify by key; do not re-encrypt
+}
+
+// minPerWorker keeps tiny batches on one goroutine.
+const minPerWorker = 64
+
+func (c *cryptor) process(ctx context.Context, rows []row) []item {
+	items := make([]item, len(rows))
+	workers := min(runtime.GOMAXPROCS(0), (len(rows)+minPerWorker-1)/minPerWorker)
+	if workers <= 1 {
+		for i := range rows {
+			items[i] = c.one(ctx, rows[i].enc)
+		}
+		return items
+	}
+	var wg sync.WaitGroup
+	per := (len(rows) + workers - 1) / workers
+	for lo := 0; lo < len(rows); lo += per {
+		hi := min(lo+per, len(rows))
+		wg.Go(func() {
+			for i := lo; i < hi; i++ {
+				items[i] = c.one(ctx, rows[i].enc)
+			}
+		})
+	}
+	wg.Wait()
+	return items
+}
+
+func (c *cryptor) one(ctx context.Context, enc []byte) item {
+	switch {
+	case len(enc) == 0:
+		return item{kind: kindEmpty}
+	case dek.IsTombstone(enc):
+		return item{kind: kindShredded}
+	}
+	d, idx, err := c.keys.Open(ctx, enc)
+	if err != nil {
+		return item{kind: kindFailed, keyIdx: -1, reason: reason(err)}
+	}
+	defer clear(d[:])
+	if idx == 0 || c.status {
+		return item{kind: kindCurrent, keyIdx: idx}
+	}
+	sealed, err := c.keys.Seal(ctx, d)
+	if err != nil {
+		return item{kind: kindFailed, keyIdx: idx, reason: reason(err)}
+	}
+	check, _, err := c.verify.Open(ctx, sealed)
+	ok := err == nil && subtle.ConstantTimeCompare(check[:], d[:]) == 1
+	clear(check[:])
+	if !ok {
+		return item{kind: kindFailed, keyIdx: idx, reason: "re-encrypted DEK did not open to the same DEK under the primary key"}
+	}
+	return item{kind: kindRotate, keyIdx: idx, sealed: sealed}
+}
+
+// reason is an error's text for a Failure. Errors from dek never contain
+// key material.
+func reason(err error) string {
+	return strings.TrimPrefix(err.Error(), "envelope: ")
+}

@@ -1,0 +1,154 @@
+package rotate
+
+import (
+	"context"
+
+	"gorm.io/gorm"
+
+	"github.com/gorm-envelope/envelope/dek"
+)
+
+// KeyCount is how many DEKs one master key opens.
+type KeyCount struct {
+	Index int    // position in the keyring: 0 is the primary, 1.. the previous keys
+	ID    string // the key's fingerprint, dek.KeyID; never the key
+	Count int
+}
+
+// StatusResult counts the DEKs by the key that opens them.
+type StatusResult struct {
+	// Keys has one entry per key of Options.Keys, primary first. A previous
+	// key whose Count is zero opens no DEK: once every running app has the
+	// new primary, it can be retired.
+	Keys []KeyCount
+	// Undecryptable counts DEKs that no configured key opens; Failures
+	// names them (up to MaxFailures).
+	Undecryptable int
+	// Empty counts profiles without a DEK (NULL or empty column).
+	Empty int
+	// Shredded counts crypto-shredded DEKs.
+	Shredded int
+	// Total is the number of profiles examined.
+	Total int
+
+	Failures []Failure
+}
+
+// Current reports whether every DEK opens under the primary key: nothing
+// is left to rotate and nothing is undecryptable.
+func (s StatusResult) Current() bool {
+	n := 0
+	for _, k := range s.Keys[1:] {
+		n += k.Count
+	}
+	return n == 0 && s.Undecryptable == 0
+}
+
+// Status opens every DEK and counts them by the key of opts.Keys that opens
+// them. It writes nothing.
+// Memory stays flat in the number of profiles.
+func Status(ctx context.Context, db *gorm.DB, opts Options) (StatusResult, error) {
+	var st StatusResult
+	t, err := opts.resolve(ctx, db)
+	if err != nil {
+		return st, err
+	}
+	for i, k := range opts.Keys.Keys() {
+		st.Keys = append(st.Keys, KeyCount{Index: i, ID: dek.KeyID(k)})
+	}
+	total := 0
+	if opts.Progress != nil {
+		if total, err = t.count(ctx, ""); err != nil {
+			return st, err
+		}
+	}
+	c := &cryptor{keys: opts.Keys, status: true}
+	err = t.scan(ctx, "", func(rows []row) error {
+		for i, it := range c.process(ctx, rows) {
+			switch it.kind {
+			case kindEmpty:
+				st.Empty++
+			case kindShredded:
+				st.Shredded++
+			case kindCurrent:
+				st.Keys[it.keyIdx].Count++
+			case kindFailed:
+				st.Undecryptable++
+				if len(st.Failures) < MaxFailures {
+					st.Failures = append(st.Failures, newFailure(rows[i], it.reason))
+				}
+			}
+		}
+		st.Total += len(rows)
+		if opts.Progress != nil {
+			p := Progress{Scanned: st.Total, Total: total, AlreadyCurrent: st.Keys[0].Count,
+				Empty: st.Empty, Shredded: st.Shredded, Failed: st.Undecryptable}
+			opts.Progress(p)
+		}
+		return nil
+	})
+	return st, err
+}
+
+// Verify is Status that fails: it returns a *[FailedError] if any DEK
+// cannot be opened by opts.Keys.
+func Verify(ctx context.Context, db *gorm.DB, opts Options) (StatusResult, error) {
+	st, err := Status(ctx, db, opts)
+	if err == nil && st.Undecryptable > 0 {
+		err = &FailedError{Op: "verify", Count: st.Undecryptable}
+	}
+	return st, err
+}
+
+// Backfill gives a new DEK, sealed under opts.Keys' primary key, to every
+// profile whose DEK column is NULL or empty, and returns how many it gave.
+// Each write is conditional on the column still being empty, so a DEK made
+// concurrently (by the app, or another Backfill) is never replaced. In a
+// dry run it returns how many profiles have no DEK.
+func Backfill(ctx context.Context, db *gorm.DB, opts Options) (int, error) {
+	t, err := opts.resolve(ctx, db)
+	if err != nil {
+		return 0, err
+	}
+	empty := t.emptyCond(t.dek)
+	if opts.DryRun {
+		return t.count(ctx, empty)
+	}
+	total := 0
+	if opts.Progress != nil {
+		if total, err = t.count(ctx, empty); err != nil {
+			return 0, err
+		}
+	}
+	given, scanned := 0, 0
+	err = t.scan(ctx, empty, func(rows []row) error {
+		cs := make([]change, len(rows))
+		for i, r := range rows {
+			d, err := dek.NewDEK()
+			if err != nil {
+				return err
+			}
+			sealed, err := opts.Keys.Seal(ctx, d)
+			clear(d[:])
+			if err != nil {
+				return err
+			}
+			cs[i] = change{id: r.id, new: sealed}
+		}
+		done, err := t.write(ctx, cs, true)
+		if err != nil {
+			return err
+		}
+		for _, ok := range done {
+			if ok {
+				given++
+			}
+		}
+		scanned += len(rows)
+		if opts.Progress != nil {
+			opts.Progress(Progress{Scanned: scanned, Total: total, Rotated: given, Skipped: scanned - given})
+		}
+		return nil
+	})
+	return given, err
+}
