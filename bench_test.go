@@ -11,7 +11,7 @@ import (
 // SecretRow has two encrypted fields; PlainRow is the same model unencrypted.
 type SecretRow struct {
 	ID       uint
-	UserID   uint   `gorm:"index" envelope:"owner"`
+	UserID   uint `gorm:"index" envelope:"owner"`
 	Facility string
 	Password string `gorm:"serializer:envelope"`
 	Token    string `gorm:"serializer:envelope"`
