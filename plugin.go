@@ -173,6 +173,10 @@ func (p *Plugin) register(db *gorm.DB) error {
 		{"envelope:after_create", cb.Create().After("gorm:commit_or_rollback_transaction").Register("envelope:after_create", p.afterWrite)},
 		{"envelope:before_update", cb.Update().After("gorm:save_before_associations").Before("gorm:update").Register("envelope:before_update", p.beforeUpdate)},
 		{"envelope:after_update", cb.Update().After("gorm:commit_or_rollback_transaction").Register("envelope:after_update", p.afterWrite)},
+		{"envelope:guard_query", cb.Query().Before("gorm:query").Register("envelope:guard_query", p.guard)},
+		{"envelope:guard_row", cb.Row().Before("gorm:row").Register("envelope:guard_row", p.guard)},
+		{"envelope:guard_update", cb.Update().Before("gorm:update").Register("envelope:guard_update", p.guard)},
+		{"envelope:guard_delete", cb.Delete().Before("gorm:delete").Register("envelope:guard_delete", p.guard)},
 		{"envelope:after_query", cb.Query().After("gorm:query").Before("gorm:preload").Register("envelope:after_query", p.afterQuery)},
 	}
 	for _, r := range regs {
