@@ -1,0 +1,63 @@
+package envelope
+
+import (
+	"context"
+	"fmt"
+	"reflect"
+
+	"github.com/gorm-envelope/envelope/dek"
+	"gorm.io/gorm"
+	"gorm.io/gorm/clause"
+)
+
+// Shred destroys owner's DEK for good (crypto-shredding): the DEK column
+// of the owner's profile is overwritten with a tombstone, so every value
+// ever encrypted for the owner reads as [ErrShredded], in this database and
+// in every backup taken from now on. Backups taken before still hold the
+// DEK: see docs/security-model.md.
+//
+// The DEK is evicted from this process's cache at once; other processes
+// holding it in their caches go on using it for at most Config.CacheTTL.
+// Later writes for the owner fail with ErrShredded: to start the owner
+// afresh, delete the owner's profile row, and the next write creates a new
+// DEK. Shred logs one audit line naming the owner, nothing else.
+//
+// db may be a transaction: the tombstone is then written in it, and undone
+// if it rolls back.
+func Shred(db *gorm.DB, owner any) error {
+	p, err := pluginOf(db)
+	if err != nil {
+		return err
+	}
+	o := normOwnerAny(owner)
+	if o == nil {
+		return fmt.Errorf("%w: Shred needs a non-zero owner", ErrNoOwner)
+	}
+	tx := db.Session(&gorm.Session{NewDB: true})
+	ctx := tx.Statement.Context
+	if ctx == nil {
+		ctx = context.Background()
+	}
+	row := reflect.New(p.prof.Type)
+	if err := p.prof.Owner.Set(ctx, row.Elem(), o); err != nil {
+		return fmt.Errorf("%w: %v", ErrNoOwner, err)
+	}
+	if err := p.prof.DEK.Set(ctx, row.Elem(), dek.Tombstone()); err != nil {
+		return err
+	}
+	err = tx.Transaction(func(tx *gorm.DB) error {
+		if err := tx.Clauses(clause.OnConflict{Columns: []clause.Column{{Name: p.prof.Owner.DBName}}, DoNothing: true}).
+			Create(row.Interface()).Error; err != nil {
+			return err
+		}
+		return tx.Table(p.prof.Table).
+			Where(clause.Eq{Column: clause.Column{Name: p.prof.Owner.DBName}, Value: o}).
+			UpdateColumn(p.prof.DEK.DBName, dek.Tombstone()).Error
+	})
+	p.cache.Delete(o)
+	if err != nil {
+		return fmt.Errorf("envelope: shred owner %v: %w", o, err)
+	}
+	p.log.Info("envelope: DEK shredded", "owner", o)
+	return nil
+}
