@@ -51,7 +51,9 @@ func joinPaths(stmt *gorm.Statement) []joinPath {
 // statement returns one error naming model, field and owner.
 func (p *Plugin) afterQuery(db *gorm.DB) {
 	stmt := db.Statement
-	if stmt.Schema == nil || !stmt.ReflectValue.IsValid() {
+	// Nothing was scanned (no row, or the statement was refused before any
+	// SQL): the destination holds only what the caller put there.
+	if stmt.Schema == nil || !stmt.ReflectValue.IsValid() || db.RowsAffected == 0 {
 		return
 	}
 	rv := reflect.Indirect(stmt.ReflectValue)
