@@ -18,6 +18,10 @@ func (p *Plugin) guard(db *gorm.DB) {
 		return
 	}
 	m := p.metaOf(db.Statement.Schema)
+	if m.err != nil {
+		db.AddError(m.err)
+		return
+	}
 	if len(m.fields) == 0 {
 		return
 	}
