@@ -1,10 +1,12 @@
 package envelope
 
 import (
+	"cmp"
 	"context"
 	"errors"
 	"fmt"
 	"reflect"
+	"slices"
 
 	"github.com/gorm-envelope/envelope/dek"
 	"github.com/gorm-envelope/envelope/internal/token"
@@ -85,7 +87,7 @@ func (p *Plugin) resolve(db *gorm.DB, owners []any, create bool) (map[any]*owner
 			return nil, nil, p.queryErr(err)
 		}
 	}
-	found, err := p.loadDEKs(tx, missing)
+	found, err := p.loadDEKs(tx, missing, false)
 	if err != nil {
 		return nil, nil, err
 	}
@@ -110,17 +112,23 @@ func (p *Plugin) resolve(db *gorm.DB, owners []any, create bool) (map[any]*owner
 		loaded[o] = k
 	}
 	if len(toCreate) > 0 {
+		// One order for every writer, so concurrent inserts of several
+		// owners' rows cannot deadlock.
+		sortOwners(toCreate)
 		if err := p.createDEKs(tx, toCreate, found); err != nil {
 			return nil, nil, err
 		}
-		again, err := p.loadDEKs(tx, toCreate)
+		// MySQL's default REPEATABLE READ would show this transaction's
+		// snapshot, without the DEK a concurrent writer just committed: a
+		// locking read sees the latest committed row.
+		again, err := p.loadDEKs(tx, toCreate, tx.Dialector.Name() == "mysql")
 		if err != nil {
 			return nil, nil, err
 		}
 		for _, o := range toCreate {
 			enc := again[o]
 			if len(enc) == 0 {
-				errs = setErr(errs, o, fmt.Errorf("%w: DEK not visible after creation (is the transaction isolation above READ COMMITTED?)", ErrNoOwner))
+				errs = setErr(errs, o, errors.New("envelope: the owner's new DEK is not visible to this transaction (isolation above READ COMMITTED?)"))
 				continue
 			}
 			k, err := p.open(ctx, enc)
@@ -151,6 +159,22 @@ func (p *Plugin) resolve(db *gorm.DB, owners []any, create bool) (map[any]*owner
 		keys[o] = k
 	}
 	return keys, errs, nil
+}
+
+func sortOwners(owners []any) {
+	slices.SortFunc(owners, func(a, b any) int {
+		switch x := a.(type) {
+		case int64:
+			if y, ok := b.(int64); ok {
+				return cmp.Compare(x, y)
+			}
+		case string:
+			if y, ok := b.(string); ok {
+				return cmp.Compare(x, y)
+			}
+		}
+		return 0
+	})
 }
 
 func setErr(m map[any]error, o any, err error) map[any]error {
@@ -184,16 +208,19 @@ func (p *Plugin) queryErr(err error) error {
 
 // loadDEKs returns the stored encrypted DEK of each owner that has a
 // profile row (nil for a NULL DEK).
-func (p *Plugin) loadDEKs(tx *gorm.DB, owners []any) (map[any][]byte, error) {
+func (p *Plugin) loadDEKs(tx *gorm.DB, owners []any, lock bool) (map[any][]byte, error) {
 	out := make(map[any][]byte, len(owners))
 	ownerCol, dekCol := p.prof.Owner.DBName, p.prof.DEK.DBName
 	isString := p.prof.Owner.IndirectFieldType.Kind() == reflect.String
 	for start := 0; start < len(owners); start += inChunk {
 		chunk := owners[start:min(start+inChunk, len(owners))]
-		rows, err := tx.Table(p.prof.Table).
+		q := tx.Table(p.prof.Table).
 			Select([]string{ownerCol, dekCol}).
-			Where(clause.IN{Column: clause.Column{Name: ownerCol}, Values: chunk}).
-			Rows()
+			Where(clause.IN{Column: clause.Column{Name: ownerCol}, Values: chunk})
+		if lock {
+			q = q.Clauses(clause.Locking{Strength: clause.LockingStrengthUpdate})
+		}
+		rows, err := q.Rows()
 		if err != nil {
 			return nil, p.queryErr(err)
 		}

@@ -53,7 +53,7 @@ func TestSQLiteOneConnectionTransaction(t *testing.T) {
 // 16 concurrent writers on separate handles, for owners with no DEK yet:
 // every write succeeds, each owner ends with one DEK, every row decrypts.
 func TestConcurrentFirstWriters(t *testing.T) {
-	for _, d := range []testdb.Dialect{testdb.Postgres, testdb.SQLite} {
+	for _, d := range []testdb.Dialect{testdb.Postgres, testdb.SQLite, testdb.MySQL} {
 		t.Run(string(d), func(t *testing.T) {
 			base := testdb.Open(t, d)
 			keys := newKeys(t)

@@ -35,7 +35,7 @@ const (
 )
 
 // Default is the list of dialects [ForEach] runs against.
-var Default = []Dialect{SQLite, Postgres}
+var Default = []Dialect{SQLite, Postgres, MySQL}
 
 // Options tweak the gorm.Config of a handle. The zero value gives gorm's defaults with a
 // silent logger (logger.Discard). When several Options are passed, later non-zero fields win.
