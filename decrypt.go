@@ -4,7 +4,9 @@ import (
 	"errors"
 	"fmt"
 	"reflect"
+	"runtime"
 	"strings"
+	"sync"
 
 	"github.com/gorm-envelope/envelope/internal/token"
 	"gorm.io/gorm"
@@ -165,12 +167,52 @@ func (p *Plugin) afterQuery(db *gorm.DB) {
 			}
 		}
 	}
-	for _, t := range targets {
-		errs = p.decryptTarget(t, keys, kerrs, errs)
-	}
+	errs = p.decryptAll(targets, keys, kerrs)
 	if len(errs) > 0 {
 		db.AddError(join(errs))
 	}
+}
+
+// parallelMin is the number of rows from which a result is decrypted on
+// several cores: below it, starting goroutines costs more than it saves
+// (measured with BenchmarkDecryptRows).
+var parallelMin = 512
+
+// decryptAll decrypts every target, on up to GOMAXPROCS goroutines for a
+// large result. Each goroutine owns a contiguous range of rows, and the
+// errors are returned in row order, so results and errors are the same
+// whatever the number of cores.
+func (p *Plugin) decryptAll(targets []target, keys map[any]*ownerKey, kerrs map[any]error) []error {
+	workers := runtime.GOMAXPROCS(0)
+	if len(targets) < parallelMin || workers < 2 {
+		var errs []error
+		for _, t := range targets {
+			errs = p.decryptTarget(t, keys, kerrs, errs)
+		}
+		return errs
+	}
+	chunk := (len(targets) + workers - 1) / workers
+	parts := make([][]error, workers)
+	var wg sync.WaitGroup
+	for w := 0; w < workers; w++ {
+		lo, hi := w*chunk, min((w+1)*chunk, len(targets))
+		if lo >= hi {
+			break
+		}
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for _, t := range targets[lo:hi] {
+				parts[w] = p.decryptTarget(t, keys, kerrs, parts[w])
+			}
+		}()
+	}
+	wg.Wait()
+	var errs []error
+	for _, part := range parts {
+		errs = append(errs, part...)
+	}
+	return errs
 }
 
 func hasToken(fv reflect.Value, k valueKind) bool {
