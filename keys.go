@@ -185,11 +185,21 @@ func setErr(m map[any]error, o any, err error) map[any]error {
 	return m
 }
 
-// open decrypts a stored DEK (or recognises a tombstone).
+// open decrypts a stored DEK (or recognises a tombstone). Concurrent
+// opens of the same stored DEK share one decryption, so cold reads of one
+// owner from many goroutines make one call to the master key (a KMS).
 func (p *Plugin) open(ctx context.Context, enc []byte) (*ownerKey, error) {
 	if dek.IsTombstone(enc) {
 		return &ownerKey{shredded: true}, nil
 	}
+	v, err, _ := p.opening.Do(string(enc), func() (any, error) { return p.openNow(ctx, enc) })
+	if err != nil {
+		return nil, err
+	}
+	return v.(*ownerKey), nil
+}
+
+func (p *Plugin) openNow(ctx context.Context, enc []byte) (*ownerKey, error) {
 	d, _, err := p.keys.Open(ctx, enc)
 	if err != nil {
 		if errors.Is(err, dek.ErrDecrypt) {

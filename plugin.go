@@ -12,6 +12,7 @@ import (
 	"github.com/gorm-envelope/envelope/internal/cache"
 	"github.com/gorm-envelope/envelope/internal/profilemeta"
 	"github.com/gorm-envelope/envelope/internal/token"
+	"golang.org/x/sync/singleflight"
 	"gorm.io/gorm"
 	"gorm.io/gorm/schema"
 )
@@ -64,6 +65,8 @@ type Plugin struct {
 
 	metas     sync.Map // *schema.Schema -> *modelMeta
 	typeMetas sync.Map // reflect.Type -> *modelMeta (nil for non-models)
+
+	opening singleflight.Group // concurrent opens of one stored DEK
 
 	once    sync.Once
 	initErr error
