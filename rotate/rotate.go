@@ -111,15 +111,14 @@ func Run(ctx context.Context, db *gorm.DB, opts Options) (Result, error) {
 	}
 	c := &cryptor{keys: opts.Keys, verify: primaryOnly}
 	scanned := 0
-	err = t.scan(ctx, "", func(rows []row) error {
-		scanned += len(rows)
-		if err := t.rotateBatch(ctx, c, rows, opts.DryRun, &res); err != nil {
-			return err
-		}
+	err = t.pipeline(ctx, c, func(ctx context.Context, rows []row, items []item) (Result, error) {
+		return t.rotateBatch(ctx, c, rows, items, opts.DryRun)
+	}, func(n int, d Result) {
+		scanned += n
+		res.add(d)
 		if opts.Progress != nil {
 			opts.Progress(res.progress(scanned, total))
 		}
-		return nil
 	})
 	if err != nil {
 		return res, err
@@ -130,11 +129,27 @@ func Run(ctx context.Context, db *gorm.DB, opts Options) (Result, error) {
 	return res, nil
 }
 
-// rotateBatch processes one batch: crypto, then the write, then up to
-// casAttempts-1 retries of rows a concurrent writer changed meanwhile.
-func (t *target) rotateBatch(ctx context.Context, c *cryptor, rows []row, dryRun bool, res *Result) error {
+func (r *Result) add(d Result) {
+	r.Rotated += d.Rotated
+	r.AlreadyCurrent += d.AlreadyCurrent
+	r.Empty += d.Empty
+	r.Shredded += d.Shredded
+	r.Failed += d.Failed
+	r.Skipped += d.Skipped
+	if room := MaxFailures - len(r.Failures); room > 0 {
+		r.Failures = append(r.Failures, d.Failures[:min(room, len(d.Failures))]...)
+	}
+}
+
+// rotateBatch writes one batch whose crypto is done (items), then retries,
+// up to casAttempts-1 times, rows that a concurrent writer changed meanwhile.
+// It returns the batch's counts.
+func (t *target) rotateBatch(ctx context.Context, c *cryptor, rows []row, items []item, dryRun bool) (Result, error) {
+	var res Result
 	for attempt := 1; ; attempt++ {
-		items := c.process(ctx, rows)
+		if attempt > 1 {
+			items = c.process(ctx, rows)
+		}
 		var cs []change
 		var pending []row
 		for i, it := range items {
@@ -153,18 +168,18 @@ func (t *target) rotateBatch(ctx context.Context, c *cryptor, rows []row, dryRun
 			}
 		}
 		if len(cs) == 0 {
-			return nil
+			return res, nil
 		}
 		if dryRun {
 			res.Rotated += len(cs)
-			return nil
+			return res, nil
 		}
 		if t.beforeWrite != nil {
 			t.beforeWrite(attempt)
 		}
 		done, err := t.write(ctx, cs, false)
 		if err != nil {
-			return err
+			return res, err
 		}
 		var lost []any
 		for i, ok := range done {
@@ -175,16 +190,16 @@ func (t *target) rotateBatch(ctx context.Context, c *cryptor, rows []row, dryRun
 			}
 		}
 		if len(lost) == 0 {
-			return nil
+			return res, nil
 		}
 		if attempt == casAttempts {
 			res.Skipped += len(lost)
-			return nil
+			return res, nil
 		}
 		// A concurrent writer changed these rows: read them again and
 		// treat them afresh (they may now be current, shredded or gone).
 		if rows, err = t.reread(ctx, lost); err != nil {
-			return err
+			return res, err
 		}
 	}
 }
