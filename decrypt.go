@@ -270,6 +270,10 @@ func (p *Plugin) decryptTarget(t target, keys map[any]*ownerKey, kerrs map[any]e
 			errs = append(errs, &FieldError{Model: t.m.name, Field: ef.f.Name, Owner: t.owner, Err: err})
 		}
 		if !token.LooksLike(b) {
+			if p.cfg.AcceptPlaintext {
+				p.plaintextRead(t.m, ef)
+				continue
+			}
 			fail(fmt.Errorf("%w: stored value is not a token", ErrDecrypt))
 			continue
 		}
@@ -310,4 +314,13 @@ func (p *Plugin) decryptTarget(t target, keys map[any]*ownerKey, kerrs map[any]e
 		}
 	}
 	return errs
+}
+
+// plaintextRead counts a legacy plaintext value accepted on read, and logs
+// the first one (model and field only).
+func (p *Plugin) plaintextRead(m *modelMeta, ef *encField) {
+	if p.plaintextReads.Add(1) == 1 {
+		p.log.Warn("envelope: read plaintext from an encrypted column (Config.AcceptPlaintext); run EncryptExisting to encrypt it",
+			"model", m.name, "field", ef.f.Name)
+	}
 }

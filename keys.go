@@ -225,7 +225,7 @@ func (p *Plugin) loadDEKs(tx *gorm.DB, owners []any, lock bool) (map[any][]byte,
 	for start := 0; start < len(owners); start += inChunk {
 		chunk := owners[start:min(start+inChunk, len(owners))]
 		q := tx.Table(p.prof.Table).
-			Select([]string{ownerCol, dekCol}).
+			Clauses(clause.Select{Columns: []clause.Column{{Name: ownerCol}, {Name: dekCol}}}).
 			Where(clause.IN{Column: clause.Column{Name: ownerCol}, Values: chunk})
 		if lock {
 			q = q.Clauses(clause.Locking{Strength: clause.LockingStrengthUpdate})

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"log/slog"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/gorm-envelope/envelope/dek"
@@ -47,6 +48,13 @@ type Config struct {
 	// (default [DefaultCacheSize]; negative disables the cache).
 	CacheSize int
 
+	// AcceptPlaintext lets reads return a value of an encrypted column that
+	// is not a token as it is, for the window while [EncryptExisting]
+	// encrypts a table that held plaintext. Such reads are counted
+	// ([Plugin.PlaintextReads]) and the first is logged. Off by default:
+	// a value that is not a token fails with [ErrDecrypt].
+	AcceptPlaintext bool
+
 	// CacheTTL bounds how long a DEK stays in memory (default
 	// [DefaultCacheTTL]; negative disables the cache). It is also how long
 	// another process may go on using a DEK after [Shred].
@@ -67,6 +75,8 @@ type Plugin struct {
 	typeMetas sync.Map // reflect.Type -> *modelMeta (nil for non-models)
 
 	opening singleflight.Group // concurrent opens of one stored DEK
+
+	plaintextReads atomic.Uint64
 
 	once    sync.Once
 	initErr error
@@ -102,6 +112,10 @@ func (p *Plugin) Name() string { return Name }
 // CacheStats returns the DEK cache's counters (hits, misses, loads,
 // evictions, entries), for an app to export as metrics.
 func (p *Plugin) CacheStats() cache.Stats { return p.cache.Stats() }
+
+// PlaintextReads returns how many legacy plaintext values reads have
+// accepted under Config.AcceptPlaintext.
+func (p *Plugin) PlaintextReads() uint64 { return p.plaintextReads.Load() }
 
 // Initialize validates the configuration and registers the serializer and
 // the callbacks. GORM calls it from db.Use; it runs once.
