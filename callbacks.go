@@ -507,9 +507,29 @@ func (p *Plugin) beforeUpdate(db *gorm.DB) {
 	c := &collector{p: p, db: db, m: m}
 	c.defOwner, c.ambig = p.modelOwner(db, m, db.Statement.ReflectValue)
 	if !c.addMaps(db.Statement.Dest) {
+		c.checkArgType(reflect.ValueOf(db.Statement.Dest))
 		c.walk(reflect.ValueOf(db.Statement.Dest))
 	}
 	c.finish()
+}
+
+// checkArgType refuses an Updates argument of another struct type whose
+// field for an encrypted column is not itself tagged serializer:envelope:
+// GORM would write that field's value as it is, in plaintext.
+func (c *collector) checkArgType(v reflect.Value) {
+	v = reflect.Indirect(v)
+	if v.Kind() != reflect.Struct || v.Type() == c.db.Statement.Schema.ModelType {
+		return
+	}
+	am := c.p.metaOfType(c.db, v.Type())
+	if am == nil {
+		return
+	}
+	for _, f := range am.schema.Fields {
+		if ef := c.m.byDB[f.DBName]; ef != nil && f.DBName != "" && am.byDB[f.DBName] == nil {
+			c.fail(&FieldError{Model: c.m.name, Field: ef.f.Name, Err: fmt.Errorf("%w: %s.%s updates an encrypted column but is not tagged serializer:envelope", ErrUnsafe, am.name, f.Name)})
+		}
+	}
 }
 
 // afterWrite puts back what the statement borrowed and, once a transaction

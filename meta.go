@@ -29,6 +29,7 @@ type encField struct {
 // modelMeta is computed once per schema: which fields are encrypted and
 // which field names the owner.
 type modelMeta struct {
+	schema  *schema.Schema
 	name    string
 	owner   *schema.Field
 	fields  []encField
@@ -48,7 +49,7 @@ var (
 )
 
 func buildMeta(s *schema.Schema, profileType reflect.Type) *modelMeta {
-	m := &modelMeta{name: s.Name, byDB: map[string]*encField{}, profile: s.ModelType == profileType}
+	m := &modelMeta{schema: s, name: s.Name, byDB: map[string]*encField{}, profile: s.ModelType == profileType}
 	for _, f := range s.Fields {
 		if profilemeta.TagValue(f) == "owner" {
 			if m.owner != nil {

@@ -267,3 +267,35 @@ func TestUnsafeAssignmentsRefused(t *testing.T) {
 		}
 	})
 }
+
+// CredentialPatch updates the password column without the serializer tag.
+type CredentialPatch struct {
+	Password string
+}
+
+// TaggedPatch updates it with the tag, and borrows the model's owner.
+type TaggedPatch struct {
+	Password string `gorm:"serializer:envelope"`
+}
+
+func TestUpdatesWithOtherStructType(t *testing.T) {
+	testdb.ForEach(t, func(t *testing.T, db *gorm.DB) {
+		setup(t, db, newKeys(t))
+		c := &Credential{UserID: 4, Password: "before"}
+		must(t, db.Create(c).Error)
+		err := db.Model(c).Updates(CredentialPatch{Password: "untagged-plaintext"}).Error
+		if !errors.Is(err, envelope.ErrUnsafe) {
+			t.Fatalf("untagged patch: %v, want ErrUnsafe", err)
+		}
+		stored, _ := rawColumn(t, db, "credentials", "password", c.ID)
+		if strings.Contains(stored, "untagged") {
+			t.Fatal("plaintext stored")
+		}
+		must(t, db.Model(c).Updates(&TaggedPatch{Password: "tagged"}).Error)
+		var got Credential
+		must(t, db.First(&got, c.ID).Error)
+		if got.Password != "tagged" {
+			t.Fatalf("read %q", got.Password)
+		}
+	})
+}
