@@ -440,7 +440,11 @@ func (p *Plugin) modelOwner(db *gorm.DB, m *modelMeta, v reflect.Value) (owner a
 }
 
 func (p *Plugin) statementMeta(db *gorm.DB) *modelMeta {
-	if db.Error != nil || db.Statement.Schema == nil {
+	if db.Error != nil {
+		return nil
+	}
+	if db.Statement.Schema == nil {
+		p.guardTableWrite(db)
 		return nil
 	}
 	m := p.metaOf(db.Statement.Schema)
@@ -589,4 +593,38 @@ func (p *Plugin) giveProfilesDEKs(db *gorm.DB) {
 		}
 	}
 	visit(db.Statement.ReflectValue)
+}
+
+// guardTableWrite refuses a write by table name alone (db.Table(...) with a
+// map) that sets an encrypted column of a known model: without the model
+// there is no serializer and no owner, and the value would be stored in
+// plaintext.
+func (p *Plugin) guardTableWrite(db *gorm.DB) {
+	v, ok := p.tables.Load(db.Statement.Table)
+	if !ok {
+		return
+	}
+	m := v.(*modelMeta)
+	check := func(mv map[string]any) {
+		for k := range mv {
+			if ef := m.lookup(db.Statement.Table, k); ef != nil {
+				db.AddError(&FieldError{Model: m.name, Field: ef.f.Name, Err: fmt.Errorf("%w: write %s through db.Model(&%s{}) so the value can be encrypted", ErrUnsafe, db.Statement.Table, m.name)})
+				return
+			}
+		}
+	}
+	switch d := db.Statement.Dest.(type) {
+	case map[string]any:
+		check(d)
+	case *map[string]any:
+		check(*d)
+	case []map[string]any:
+		for _, mv := range d {
+			check(mv)
+		}
+	case *[]map[string]any:
+		for _, mv := range *d {
+			check(mv)
+		}
+	}
 }

@@ -104,6 +104,9 @@ func (p *Plugin) metaOf(s *schema.Schema) *modelMeta {
 	}
 	m := buildMeta(s, p.prof.Type)
 	v, _ := p.metas.LoadOrStore(s, m)
+	if len(m.fields) > 0 {
+		p.tables.Store(s.Table, m)
+	}
 	return v.(*modelMeta)
 }
 

@@ -73,6 +73,7 @@ type Plugin struct {
 
 	metas     sync.Map // *schema.Schema -> *modelMeta
 	typeMetas sync.Map // reflect.Type -> *modelMeta (nil for non-models)
+	tables    sync.Map // table name -> *modelMeta of a model with encrypted fields
 
 	opening singleflight.Group // concurrent opens of one stored DEK
 

@@ -299,3 +299,26 @@ func TestUpdatesWithOtherStructType(t *testing.T) {
 		}
 	})
 }
+
+// Writes by table name alone cannot encrypt: refused for known tables.
+func TestTableOnlyWritesRefused(t *testing.T) {
+	testdb.ForEach(t, func(t *testing.T, db *gorm.DB) {
+		setup(t, db, newKeys(t))
+		c := &Credential{UserID: 4, Password: "before"}
+		must(t, db.Create(c).Error)
+		for name, res := range map[string]*gorm.DB{
+			"Create": db.Table("credentials").Create(map[string]any{"user_id": 4, "password": "table-plaintext"}),
+			"Update": db.Table("credentials").Where("id = ?", c.ID).Update("password", "table-plaintext"),
+		} {
+			if !errors.Is(res.Error, envelope.ErrUnsafe) {
+				t.Errorf("%s: %v, want ErrUnsafe", name, res.Error)
+			}
+		}
+		must(t, db.Table("credentials").Where("id = ?", c.ID).Update("facility", "plain columns are fine").Error)
+		var n int64
+		must(t, db.Table("credentials").Where("password LIKE ?", "%table-plaintext%").Count(&n).Error)
+		if n != 0 {
+			t.Fatal("plaintext stored")
+		}
+	})
+}
