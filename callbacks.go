@@ -65,6 +65,10 @@ type restore struct {
 
 const restoreKey = "envelope:restore"
 
+// internalKey marks the plugin's own statements that write tokens by table
+// name (EncryptExisting).
+const internalKey = "envelope:internal"
+
 // collector gathers the plaintext values of one write statement.
 type collector struct {
 	p        *Plugin
@@ -600,6 +604,9 @@ func (p *Plugin) giveProfilesDEKs(db *gorm.DB) {
 // there is no serializer and no owner, and the value would be stored in
 // plaintext.
 func (p *Plugin) guardTableWrite(db *gorm.DB) {
+	if _, internal := db.Get(internalKey); internal {
+		return
+	}
 	v, ok := p.tables.Load(db.Statement.Table)
 	if !ok {
 		return

@@ -168,7 +168,7 @@ func EncryptExisting(ctx context.Context, db *gorm.DB, model any, opts MigrateOp
 				if len(set) == 0 {
 					continue
 				}
-				upd := where.UpdateColumns(set)
+				upd := where.Set(internalKey, true).UpdateColumns(set)
 				if upd.Error != nil {
 					return upd.Error
 				}
