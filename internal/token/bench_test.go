@@ -1,0 +1,81 @@
+package token
+
+import (
+	"crypto/rand"
+	"testing"
+
+	"github.com/fernet/fernet-go"
+)
+
+var benchSizes = []struct {
+	name string
+	n    int
+}{
+	{"32B", 32},
+	{"4KiB", 4096},
+}
+
+func benchKey(b *testing.B) [KeySize]byte {
+	var k [KeySize]byte
+	if _, err := rand.Read(k[:]); err != nil {
+		b.Fatal(err)
+	}
+	return k
+}
+
+func BenchmarkDecrypt(b *testing.B) {
+	key := benchKey(b)
+	c := New(key)
+	fk := fernet.Key(key)
+	keys := []*fernet.Key{&fk}
+	for _, sz := range benchSizes {
+		msg := make([]byte, sz.n)
+		rand.Read(msg)
+		tok, err := c.Encrypt(msg)
+		if err != nil {
+			b.Fatal(err)
+		}
+		b.Run("ours/"+sz.name, func(b *testing.B) {
+			b.ReportAllocs()
+			for b.Loop() {
+				if _, err := c.Decrypt(tok); err != nil {
+					b.Fatal(err)
+				}
+			}
+		})
+		b.Run("fernet-go/"+sz.name, func(b *testing.B) {
+			b.ReportAllocs()
+			for b.Loop() {
+				if fernet.VerifyAndDecrypt(tok, 0, keys) == nil {
+					b.Fatal("fernet-go rejected the token")
+				}
+			}
+		})
+	}
+}
+
+func BenchmarkEncrypt(b *testing.B) {
+	key := benchKey(b)
+	c := New(key)
+	fk := fernet.Key(key)
+	for _, sz := range benchSizes {
+		msg := make([]byte, sz.n)
+		rand.Read(msg)
+		b.Run("ours/"+sz.name, func(b *testing.B) {
+			b.ReportAllocs()
+			for b.Loop() {
+				if _, err := c.Encrypt(msg); err != nil {
+					b.Fatal(err)
+				}
+			}
+		})
+		b.Run("fernet-go/"+sz.name, func(b *testing.B) {
+			b.ReportAllocs()
+			for b.Loop() {
+				if _, err := fernet.EncryptAndSign(msg, &fk); err != nil {
+					b.Fatal(err)
+				}
+			}
+		})
+	}
+}
