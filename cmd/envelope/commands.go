@@ -6,7 +6,6 @@ import (
 	"fmt"
 	"io"
 	"slices"
-	"text/tabwriter"
 
 	"github.com/gorm-envelope/envelope/dek"
 	"github.com/gorm-envelope/envelope/rotate"
@@ -139,20 +138,19 @@ func scanKeys(ctx context.Context, e *env, o *opts, label string) (rotate.Status
 }
 
 func printStatus(w io.Writer, st rotate.StatusResult) {
-	tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', tabwriter.AlignRight)
-	fmt.Fprintf(tw, "key\tfingerprint\tDEKs\t\n")
+	row := func(name, id string, n any) { fmt.Fprintf(w, "%-21s %-16s %8v\n", name, id, n) }
+	row("key", "fingerprint", "DEKs")
 	for _, k := range st.Keys {
 		name := "primary"
 		if k.Index > 0 {
 			name = fmt.Sprintf("previous %d", k.Index)
 		}
-		fmt.Fprintf(tw, "%s\t%s\t%d\t\n", name, k.ID, k.Count)
+		row(name, k.ID, k.Count)
 	}
-	fmt.Fprintf(tw, "none (undecryptable)\t\t%d\t\n", st.Undecryptable)
-	fmt.Fprintf(tw, "empty\t\t%d\t\n", st.Empty)
-	fmt.Fprintf(tw, "shredded\t\t%d\t\n", st.Shredded)
-	fmt.Fprintf(tw, "total\t\t%d\t\n", st.Total)
-	tw.Flush()
+	row("none (undecryptable)", "", st.Undecryptable)
+	row("empty", "", st.Empty)
+	row("shredded", "", st.Shredded)
+	row("total", "", st.Total)
 	for _, k := range st.Keys[1:] {
 		if k.Count == 0 {
 			fmt.Fprintf(w, "previous key %d (%s) opens no DEK: it can be retired once every app instance runs with the primary\n", k.Index, k.ID)
