@@ -1,15 +1,24 @@
 // Package token implements the Fernet token format used for both DEKs and
 // field values: base64url(0x80 | timestamp | IV | AES-128-CBC(PKCS7(msg)) | HMAC-SHA256).
 //
-// A Cipher holds the state prepared from one 32-byte Fernet key and is safe
-// for concurrent use.
+// A Cipher holds the state prepared from one 32-byte Fernet key (the expanded
+// AES key schedule and the HMAC-SHA256 states after absorbing the padded
+// signing key) and is safe for concurrent use. Per-call scratch memory comes
+// from a pool, so Encrypt and Decrypt allocate only the slice they return.
 package token
 
 import (
+	"crypto/aes"
+	"crypto/cipher"
+	"crypto/rand"
+	"crypto/sha256"
+	"crypto/subtle"
+	"encoding"
+	"encoding/binary"
 	"errors"
+	"hash"
+	"sync"
 	"time"
-
-	"github.com/fernet/fernet-go"
 )
 
 // KeySize is the size of a raw Fernet key: 16 bytes of HMAC key, 16 of AES key.
@@ -23,27 +32,162 @@ const MinLen = 100
 // wrong key, tampered, truncated, or not a token at all.
 var ErrInvalid = errors.New("invalid token")
 
+const (
+	version   = 0x80
+	blockSize = aes.BlockSize // 16
+	macSize   = sha256.Size   // 32
+	tsOff     = 1
+	ivOff     = tsOff + 8
+	ctOff     = ivOff + blockSize
+	overhead  = ctOff + macSize // 57 bytes around the ciphertext
+
+	// Scratch buffers larger than this are not kept in the pool, so one
+	// huge token does not pin a large buffer for the life of the process.
+	maxPooled = 64 << 10
+)
+
 // Cipher encrypts and decrypts Fernet tokens under one key.
 type Cipher struct {
-	key  fernet.Key
-	keys []*fernet.Key
+	block cipher.Block // AES-128 with the encryption half of the key
+	// Marshaled SHA-256 states after writing (signing key ^ ipad) and
+	// (signing key ^ opad): restoring them skips two compression rounds
+	// and the key setup per HMAC.
+	inner, outer []byte
+}
+
+// sha256State is what the pooled hash must offer to restore a saved state.
+type sha256State interface {
+	hash.Hash
+	encoding.BinaryUnmarshaler
+}
+
+// scratch is the per-call working memory. It never keeps plaintext: Encrypt
+// encrypts in place and Decrypt writes plaintext only to the returned slice.
+type scratch struct {
+	h   sha256State
+	sum [macSize]byte // inner hash, then the MAC
+	buf []byte        // raw (decoded) token bytes
+}
+
+var scratchPool = sync.Pool{
+	New: func() any { return &scratch{h: sha256.New().(sha256State)} },
+}
+
+func getScratch(n int) *scratch {
+	s := scratchPool.Get().(*scratch)
+	if cap(s.buf) < n {
+		s.buf = make([]byte, n)
+	}
+	s.buf = s.buf[:n]
+	return s
+}
+
+func putScratch(s *scratch) {
+	if cap(s.buf) > maxPooled {
+		s.buf = nil
+	}
+	scratchPool.Put(s)
 }
 
 // New prepares a Cipher for key.
 func New(key [KeySize]byte) *Cipher {
-	c := &Cipher{key: fernet.Key(key)}
-	c.keys = []*fernet.Key{&c.key}
-	return c
+	block, err := aes.NewCipher(key[16:])
+	if err != nil { // cannot happen for a 16-byte key
+		panic("token: " + err.Error())
+	}
+	return &Cipher{
+		block: block,
+		inner: padState(key[:16], 0x36),
+		outer: padState(key[:16], 0x5c),
+	}
+}
+
+// padState returns the marshaled SHA-256 state after absorbing one block of
+// signKey XOR pad (the key is shorter than the block, so it is zero-filled).
+func padState(signKey []byte, pad byte) []byte {
+	var blk [64]byte
+	for i := range blk {
+		blk[i] = pad
+	}
+	for i, b := range signKey {
+		blk[i] ^= b
+	}
+	h := sha256.New()
+	h.Write(blk[:])
+	st, err := h.(encoding.BinaryMarshaler).MarshalBinary()
+	if err != nil { // the standard library SHA-256 always marshals
+		panic("token: " + err.Error())
+	}
+	return st
+}
+
+// mac computes HMAC-SHA256(signing key, data) into s.sum.
+func (c *Cipher) mac(s *scratch, data []byte) {
+	h := s.h
+	if err := h.UnmarshalBinary(c.inner); err != nil {
+		panic("token: " + err.Error()) // state produced by MarshalBinary
+	}
+	h.Write(data)
+	h.Sum(s.sum[:0])
+	if err := h.UnmarshalBinary(c.outer); err != nil {
+		panic("token: " + err.Error())
+	}
+	h.Write(s.sum[:])
+	h.Sum(s.sum[:0])
 }
 
 // Encrypt returns the token text for msg.
 func (c *Cipher) Encrypt(msg []byte) ([]byte, error) {
-	return fernet.EncryptAndSign(msg, &c.key)
+	return c.seal(msg, time.Now().Unix(), nil)
 }
 
 // EncryptAt returns the token text for msg with the given timestamp.
 func (c *Cipher) EncryptAt(msg []byte, at time.Time) ([]byte, error) {
-	return fernet.EncryptAndSignAtTime(msg, &c.key, at)
+	return c.seal(msg, at.Unix(), nil)
+}
+
+// encryptWithIV is EncryptAt with a chosen IV, for tests.
+func (c *Cipher) encryptWithIV(msg []byte, at time.Time, iv [blockSize]byte) ([]byte, error) {
+	return c.seal(msg, at.Unix(), &iv)
+}
+
+// seal builds the token for msg; a nil iv means a random one.
+func (c *Cipher) seal(msg []byte, ts int64, iv *[blockSize]byte) ([]byte, error) {
+	padded := (len(msg)/blockSize + 1) * blockSize
+	n := overhead + padded
+	s := getScratch(n)
+	defer putScratch(s)
+	raw := s.buf
+
+	raw[0] = version
+	binary.BigEndian.PutUint64(raw[tsOff:], uint64(ts))
+	if iv != nil {
+		copy(raw[ivOff:ctOff], iv[:])
+	} else if _, err := rand.Read(raw[ivOff:ctOff]); err != nil {
+		return nil, err
+	}
+
+	// PKCS #7 pad, then AES-CBC in place.
+	ct := raw[ctOff : ctOff+padded]
+	copy(ct, msg)
+	p := byte(padded - len(msg))
+	for i := len(msg); i < padded; i++ {
+		ct[i] = p
+	}
+	prev := raw[ivOff:ctOff]
+	for i := 0; i < padded; i += blockSize {
+		blk := ct[i : i+blockSize]
+		xor16(blk, prev)
+		c.block.Encrypt(blk, blk)
+		prev = blk
+	}
+
+	c.mac(s, raw[:n-macSize])
+	copy(raw[n-macSize:], s.sum[:])
+
+	out := make([]byte, b64EncodedLen(n))
+	b64Encode(out, raw)
+	return out, nil
 }
 
 // Decrypt verifies tok and returns its message, or ErrInvalid.
@@ -52,11 +196,68 @@ func (c *Cipher) Decrypt(tok []byte) ([]byte, error) {
 	if len(tok) < MinLen {
 		return nil, ErrInvalid
 	}
-	msg := fernet.VerifyAndDecrypt(tok, 0, c.keys)
-	if msg == nil {
+	s := getScratch(b64DecodeBuf(len(tok)))
+	defer putScratch(s)
+	n, ok := b64Decode(s.buf, tok)
+	if !ok || n < overhead+blockSize || (n-overhead)%blockSize != 0 {
 		return nil, ErrInvalid
 	}
-	return msg, nil
+	raw := s.buf[:n]
+	if raw[0] != version {
+		return nil, ErrInvalid
+	}
+
+	// Authenticate before touching the ciphertext.
+	c.mac(s, raw[:n-macSize])
+	if subtle.ConstantTimeCompare(s.sum[:], raw[n-macSize:]) != 1 {
+		return nil, ErrInvalid
+	}
+
+	// CBC decryption: out = D(ct block i) XOR (ct block i-1, or the IV).
+	// make+copy allocates without zeroing; the blocks are then decrypted in
+	// place, four independent calls at a time so they overlap in the CPU,
+	// and IV||ct (contiguous in raw) is XORed over the result in one pass.
+	ct := raw[ctOff : n-macSize]
+	out := make([]byte, len(ct))
+	copy(out, ct)
+	c.decryptBlocks(out)
+	subtle.XORBytes(out, out, raw[ivOff:])
+
+	// PKCS #7: the MAC already held, so this check leaks nothing new.
+	p := int(out[len(out)-1])
+	if p == 0 || p > blockSize {
+		return nil, ErrInvalid
+	}
+	m := len(out) - p
+	for _, b := range out[m:] {
+		if int(b) != p {
+			return nil, ErrInvalid
+		}
+	}
+	return out[:m:m], nil
+}
+
+// decryptBlocks applies the AES inverse cipher to each block of b in place.
+func (c *Cipher) decryptBlocks(b []byte) {
+	for len(b) >= 4*blockSize {
+		c.block.Decrypt(b[0:16], b[0:16])
+		c.block.Decrypt(b[16:32], b[16:32])
+		c.block.Decrypt(b[32:48], b[32:48])
+		c.block.Decrypt(b[48:64], b[48:64])
+		b = b[64:]
+	}
+	for len(b) >= blockSize {
+		c.block.Decrypt(b[:16], b[:16])
+		b = b[16:]
+	}
+}
+
+// xor16 sets dst[:16] ^= src[:16].
+func xor16(dst, src []byte) {
+	_ = dst[15]
+	_ = src[15]
+	binary.LittleEndian.PutUint64(dst[0:], binary.LittleEndian.Uint64(dst[0:])^binary.LittleEndian.Uint64(src[0:]))
+	binary.LittleEndian.PutUint64(dst[8:], binary.LittleEndian.Uint64(dst[8:])^binary.LittleEndian.Uint64(src[8:]))
 }
 
 // LooksLike reports whether b has the shape of a Fernet token text: the

@@ -1,0 +1,147 @@
+package token
+
+import "encoding/binary"
+
+// A table-driven base64url codec (RFC 4648 §5, '=' padding) specialised for
+// token text. encoding/base64 spends as long on a 4 KiB token as SHA-256
+// and AES together; these loops handle two 4-character groups per step.
+
+const alphabet = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_"
+
+// badPair marks a pairTab entry with a character outside the alphabet
+// (including '=', '\r' and '\n'); valid entries use only bits 0..11.
+const badPair = 0x8000
+
+var (
+	// encodeTab maps a 12-bit value to its two characters, little-endian.
+	encodeTab [1 << 12]uint16
+	// pairTab maps two characters c0, c1 (both below 0x80) at index
+	// c0 | c1<<8 to their 12-bit value, or to badPair. A 4-character group
+	// is two lookups. Bytes with the high bit set are caught separately.
+	pairTab [1 << 15]uint16
+)
+
+func init() {
+	for v := range encodeTab {
+		encodeTab[v] = uint16(alphabet[v>>6]) | uint16(alphabet[v&63])<<8
+	}
+	for i := range pairTab {
+		pairTab[i] = badPair
+	}
+	for i := range len(alphabet) {
+		for k := range len(alphabet) {
+			pairTab[uint16(alphabet[i])|uint16(alphabet[k])<<8] = uint16(i<<6 | k)
+		}
+	}
+}
+
+// b64EncodedLen is the length of the padded text for n bytes.
+func b64EncodedLen(n int) int { return (n + 2) / 3 * 4 }
+
+// b64Encode writes the padded base64url text of src to dst, which must be
+// b64EncodedLen(len(src)) bytes long.
+func b64Encode(dst, src []byte) {
+	i, j := 0, 0
+	// Two groups (6 bytes in, 8 characters out) per step; the 8-byte load
+	// reads two bytes past the groups, so stop while 8 remain.
+	for ; i+8 <= len(src); i, j = i+6, j+8 {
+		x := binary.BigEndian.Uint64(src[i:])
+		g0, g1 := x>>40&0xffffff, x>>16&0xffffff
+		out := uint64(encodeTab[g0>>12]) | uint64(encodeTab[g0&0xfff])<<16 |
+			uint64(encodeTab[g1>>12])<<32 | uint64(encodeTab[g1&0xfff])<<48
+		binary.LittleEndian.PutUint64(dst[j:], out)
+	}
+	for ; i+3 <= len(src); i, j = i+3, j+4 {
+		g := uint32(src[i])<<16 | uint32(src[i+1])<<8 | uint32(src[i+2])
+		binary.LittleEndian.PutUint32(dst[j:], uint32(encodeTab[g>>12])|uint32(encodeTab[g&0xfff])<<16)
+	}
+	switch len(src) - i {
+	case 1:
+		g := uint32(src[i]) << 16
+		d := dst[j : j+4]
+		d[0], d[1], d[2], d[3] = alphabet[g>>18], alphabet[g>>12&63], '=', '='
+	case 2:
+		g := uint32(src[i])<<16 | uint32(src[i+1])<<8
+		d := dst[j : j+4]
+		d[0], d[1], d[2], d[3] = alphabet[g>>18], alphabet[g>>12&63], alphabet[g>>6&63], '='
+	}
+}
+
+// b64DecodeBuf is the dst length b64Decode needs for src of length n: the
+// decoded length plus slack for its 8-byte stores.
+func b64DecodeBuf(n int) int { return n/4*3 + 8 }
+
+// b64Decode decodes padded base64url text strictly: the length must be a
+// multiple of 4, only alphabet characters may appear except one or two
+// trailing '=', and the unused bits before padding must be zero (so each
+// byte string has exactly one accepted text). dst must be at least
+// b64DecodeBuf(len(src)) long; bytes of dst past the result may be
+// overwritten. It reports the decoded length and whether src was valid.
+func b64Decode(dst, src []byte) (int, bool) {
+	if len(src) == 0 || len(src)%4 != 0 || len(dst) < b64DecodeBuf(len(src)) {
+		return 0, false
+	}
+	body := src[:len(src)-4] // all groups but the last, which may be padded
+	out := dst
+	var bad uint16
+	var high uint64
+	t := &pairTab
+	// Four groups (16 characters in, 12 bytes out) per step.
+	for len(body) >= 16 {
+		x := binary.LittleEndian.Uint64(body)
+		y := binary.LittleEndian.Uint64(body[8:])
+		high |= x | y
+		p0, p1, p2, p3 := t[uint16(x)&0x7f7f], t[uint16(x>>16)&0x7f7f], t[uint16(x>>32)&0x7f7f], t[uint16(x>>48)&0x7f7f]
+		q0, q1, q2, q3 := t[uint16(y)&0x7f7f], t[uint16(y>>16)&0x7f7f], t[uint16(y>>32)&0x7f7f], t[uint16(y>>48)&0x7f7f]
+		bad |= p0 | p1 | p2 | p3 | q0 | q1 | q2 | q3
+		binary.BigEndian.PutUint64(out, uint64(p0)<<52|uint64(p1)<<40|uint64(p2)<<28|uint64(p3)<<16)
+		binary.BigEndian.PutUint64(out[6:], uint64(q0)<<52|uint64(q1)<<40|uint64(q2)<<28|uint64(q3)<<16)
+		body = body[16:]
+		out = out[12:]
+	}
+	for len(body) >= 4 {
+		x := binary.LittleEndian.Uint32(body)
+		high |= uint64(x)
+		p0, p1 := t[uint16(x)&0x7f7f], t[uint16(x>>16)&0x7f7f]
+		bad |= p0 | p1
+		binary.BigEndian.PutUint32(out, uint32(p0)<<20|uint32(p1)<<8)
+		body = body[4:]
+		out = out[3:]
+	}
+
+	last := src[len(src)-4:]
+	x := binary.LittleEndian.Uint32(last)
+	p0 := t[uint16(x)&0x7f7f]
+	var p1 uint16
+	n := len(dst) - len(out)
+	switch {
+	case last[3] != '=': // no padding
+		p1 = t[uint16(x>>16)&0x7f7f]
+		n += 3
+	case last[2] != '=': // "xyz=": the third character's low 2 bits are unused
+		v, ok := charVal(last[2])
+		if !ok || v&3 != 0 {
+			return 0, false
+		}
+		p1 = uint16(v) << 6
+		n += 2
+	default: // "xy==": the second character's low 4 bits are unused
+		if p0&0xf != 0 {
+			return 0, false
+		}
+		n++
+	}
+	high |= uint64(x) & 0x80808080
+	bad |= p0 | p1
+	if bad&badPair != 0 || high&0x8080808080808080 != 0 {
+		return 0, false
+	}
+	binary.BigEndian.PutUint32(out, uint32(p0)<<20|uint32(p1)<<8)
+	return n, true
+}
+
+// charVal returns the 6-bit value of one alphabet character.
+func charVal(c byte) (uint16, bool) {
+	v := pairTab[uint16(alphabet[0])|uint16(c&0x7f)<<8]
+	return v, c < 0x80 && v&badPair == 0
+}
