@@ -396,7 +396,7 @@ func (c *collector) finish() {
 // callbacks (Raw().Scan, ScanRows) and saved again is stored unchanged.
 func sealValue(c *token.Cipher, plain string) (string, error) {
 	if token.LooksLikeString(plain) {
-		if _, err := c.Decrypt([]byte(plain)); err == nil {
+		if _, err := c.DecryptString(plain); err == nil {
 			return plain, nil
 		}
 	}

@@ -7,6 +7,7 @@ import (
 	"runtime"
 	"strings"
 	"sync"
+	"unsafe"
 
 	"github.com/gorm-envelope/envelope/internal/token"
 	"gorm.io/gorm"
@@ -227,23 +228,22 @@ func hasToken(fv reflect.Value, k valueKind) bool {
 	return false
 }
 
-// raw returns the field's stored bytes, or nil when NULL/empty.
-func raw(fv reflect.Value, k valueKind) []byte {
+// stored returns the field's stored text, or "" when NULL or empty. For a
+// []byte field the string shares the field's bytes: it is only read.
+func stored(fv reflect.Value, k valueKind) string {
 	switch k {
 	case kindString:
-		if s := fv.String(); s != "" {
-			return []byte(s)
-		}
+		return fv.String()
 	case kindStringPtr:
-		if !fv.IsNil() && fv.Elem().Len() > 0 {
-			return []byte(fv.Elem().String())
+		if !fv.IsNil() {
+			return fv.Elem().String()
 		}
 	case kindBytes:
-		if fv.Len() > 0 {
-			return fv.Bytes()
+		if b := fv.Bytes(); len(b) > 0 {
+			return unsafe.String(&b[0], len(b))
 		}
 	}
-	return nil
+	return ""
 }
 
 func zeroTokens(t target) {
@@ -261,15 +261,15 @@ func (p *Plugin) decryptTarget(t target, keys map[any]*ownerKey, kerrs map[any]e
 		if !ok || !fv.CanSet() {
 			continue
 		}
-		b := raw(fv, ef.kind)
-		if b == nil {
+		b := stored(fv, ef.kind)
+		if b == "" {
 			continue
 		}
 		fail := func(err error) {
 			fv.Set(reflect.Zero(fv.Type()))
 			errs = append(errs, &FieldError{Model: t.m.name, Field: ef.f.Name, Owner: t.owner, Err: err})
 		}
-		if !token.LooksLike(b) {
+		if !token.LooksLikeString(b) {
 			if p.cfg.AcceptPlaintext {
 				p.plaintextRead(t.m, ef)
 				continue
@@ -298,16 +298,17 @@ func (p *Plugin) decryptTarget(t target, keys map[any]*ownerKey, kerrs map[any]e
 			fail(ErrShredded)
 			continue
 		}
-		msg, err := k.c.Decrypt(b)
+		msg, err := k.c.DecryptString(b)
 		if err != nil {
 			fail(fmt.Errorf("%w: token does not open under the owner's DEK", ErrDecrypt))
 			continue
 		}
+		// msg is a fresh slice nobody else holds: a string can share it.
 		switch ef.kind {
 		case kindString:
-			fv.SetString(string(msg))
+			fv.SetString(unsafe.String(unsafe.SliceData(msg), len(msg)))
 		case kindStringPtr:
-			s := string(msg)
+			s := unsafe.String(unsafe.SliceData(msg), len(msg))
 			fv.Set(reflect.ValueOf(&s))
 		case kindBytes:
 			fv.SetBytes(msg)
