@@ -1,7 +1,10 @@
 package envelope
 
 // PurgeCacheForTest empties p's DEK cache (benchmarks of cold reads).
-func PurgeCacheForTest(p *Plugin) { p.cache.Purge() }
+func PurgeCacheForTest(p *Plugin) {
+	p.cache.Purge()
+	p.opened.Purge()
+}
 
 // SetParallelMinForTest sets the row count from which results are
 // decrypted in parallel, and returns a function that restores it.

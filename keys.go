@@ -185,14 +185,29 @@ func setErr(m map[any]error, o any, err error) map[any]error {
 	return m
 }
 
-// open decrypts a stored DEK (or recognises a tombstone). Concurrent
-// opens of the same stored DEK share one decryption, so cold reads of one
-// owner from many goroutines make one call to the master key (a KMS).
+// open decrypts a stored DEK (or recognises a tombstone). Opened DEKs are
+// remembered by their stored bytes, and concurrent opens of the same bytes
+// share one decryption, so cold reads of one owner from many goroutines
+// make one call to the master key (a KMS). Keying by the stored bytes is
+// safe inside any transaction: the same ciphertext always opens to the
+// same DEK, whether or not the row holding it is ever committed.
 func (p *Plugin) open(ctx context.Context, enc []byte) (*ownerKey, error) {
 	if dek.IsTombstone(enc) {
 		return &ownerKey{shredded: true}, nil
 	}
-	v, err, _ := p.opening.Do(string(enc), func() (any, error) { return p.openNow(ctx, enc) })
+	if k, ok := p.opened.Get(string(enc)); ok {
+		return k, nil
+	}
+	v, err, _ := p.opening.Do(string(enc), func() (any, error) {
+		if k, ok := p.opened.Get(string(enc)); ok {
+			return k, nil
+		}
+		k, err := p.openNow(ctx, enc)
+		if err == nil {
+			p.opened.Put(string(enc), k)
+		}
+		return k, err
+	})
 	if err != nil {
 		return nil, err
 	}

@@ -75,7 +75,8 @@ type Plugin struct {
 	typeMetas sync.Map // reflect.Type -> *modelMeta (nil for non-models)
 	tables    sync.Map // table name -> *modelMeta of a model with encrypted fields
 
-	opening singleflight.Group // concurrent opens of one stored DEK
+	opened  *cache.Cache[string, *ownerKey] // opened DEKs by their stored bytes
+	opening singleflight.Group              // concurrent opens of one stored DEK
 
 	plaintextReads atomic.Uint64
 
@@ -104,6 +105,7 @@ func New(cfg Config) *Plugin {
 		ttl = DefaultCacheTTL
 	}
 	p.cache = cache.New[any, *ownerKey](size, ttl)
+	p.opened = cache.New[string, *ownerKey](size, ttl)
 	return p
 }
 

@@ -45,7 +45,13 @@ func Shred(db *gorm.DB, owner any) error {
 	if err := p.prof.DEK.Set(ctx, row.Elem(), dek.Tombstone()); err != nil {
 		return err
 	}
+	var old [][]byte
 	err = tx.Transaction(func(tx *gorm.DB) error {
+		if err := tx.Table(p.prof.Table).
+			Where(clause.Eq{Column: clause.Column{Name: p.prof.Owner.DBName}, Value: o}).
+			Pluck(p.prof.DEK.DBName, &old).Error; err != nil {
+			return err
+		}
 		if err := tx.Clauses(clause.OnConflict{Columns: []clause.Column{{Name: p.prof.Owner.DBName}}, DoNothing: true}).
 			Create(row.Interface()).Error; err != nil {
 			return err
@@ -55,6 +61,9 @@ func Shred(db *gorm.DB, owner any) error {
 			UpdateColumn(p.prof.DEK.DBName, dek.Tombstone()).Error
 	})
 	p.cache.Delete(o)
+	for _, enc := range old {
+		p.opened.Delete(string(enc))
+	}
 	if err != nil {
 		return fmt.Errorf("envelope: shred owner %v: %w", o, err)
 	}
