@@ -34,8 +34,10 @@
 //
 // On PostgreSQL a batch is written with a single UPDATE … FROM unnest(…)
 // of three array parameters; on SQLite with UPDATE … FROM (VALUES …).
-// Other dialects, and non-integer primary keys on PostgreSQL, use one
-// prepared conditional UPDATE per row inside the batch's transaction.
+// PostgreSQL also reads and decrypts the next batches while two earlier ones
+// are being written. Other dialects (MySQL and MariaDB included), and
+// non-integer primary keys on PostgreSQL, use one prepared conditional
+// UPDATE per row inside the batch's transaction.
 //
 // # Status
 //

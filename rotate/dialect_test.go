@@ -1,0 +1,98 @@
+package rotate
+
+import (
+	"bytes"
+	"context"
+	"testing"
+
+	"gorm.io/gorm"
+
+	"github.com/gorm-envelope/envelope/internal/testdb"
+)
+
+// Every writer a dialect can use swaps exactly the rows that still hold the
+// expected value (or are still empty), and reports which.
+func TestWriters(t *testing.T) {
+	testdb.ForEach(t, func(t *testing.T, db *gorm.DB) {
+		t.Parallel()
+		ctx := context.Background()
+		if err := db.AutoMigrate(&Profile{}); err != nil {
+			t.Fatal(err)
+		}
+		opts := Options{Keys: keyring(t, newKey(t)), Profile: &Profile{}}
+		tg, err := opts.resolve(ctx, db)
+		if err != nil {
+			t.Fatal(err)
+		}
+		writers := map[string]writer{"per-row": perRow{tg}}
+		switch tg.dialect {
+		case "postgres":
+			writers["bulk"] = pgBulk{tg}
+		case "sqlite":
+			writers["bulk"] = sqliteBulk{tg}
+		}
+		for name, w := range writers {
+			t.Run(name, func(t *testing.T) {
+				db.Where("1 = 1").Delete(&Profile{})
+				rows := []Profile{
+					{ID: 1, UserID: 1, EncryptedDEK: []byte("a")},
+					{ID: 2, UserID: 2, EncryptedDEK: []byte("b")},
+					{ID: 3, UserID: 3},
+					{ID: 4, UserID: 4, EncryptedDEK: []byte{}},
+				}
+				if err := db.Create(&rows).Error; err != nil {
+					t.Fatal(err)
+				}
+				cs := []change{
+					{id: int64(1), old: []byte("a"), new: []byte("A")},     // still holds a: swapped
+					{id: int64(2), old: []byte("stale"), new: []byte("B")}, // changed meanwhile: kept
+					{id: int64(99), old: []byte("x"), new: []byte("X")},    // gone
+				}
+				apply := func(cs []change, emptyOnly bool) (done []bool, err error) {
+					err = db.Transaction(func(tx *gorm.DB) error {
+						done, err = w.apply(ctx, tx.Statement.ConnPool, cs, emptyOnly)
+						return err
+					})
+					return done, err
+				}
+				done, err := apply(cs, false)
+				if err != nil {
+					t.Fatal(err)
+				}
+				if want := []bool{true, false, false}; !equalBools(done, want) {
+					t.Errorf("swap: done %v, want %v", done, want)
+				}
+				done, err = apply([]change{
+					{id: int64(2), new: []byte("B2")}, // not empty: kept
+					{id: int64(3), new: []byte("C")},  // NULL: filled
+					{id: int64(4), new: []byte("D")},  // empty: filled
+				}, true)
+				if err != nil {
+					t.Fatal(err)
+				}
+				if want := []bool{false, true, true}; !equalBools(done, want) {
+					t.Errorf("fill: done %v, want %v", done, want)
+				}
+				var got []Profile
+				db.Order("id").Find(&got)
+				for i, want := range []string{"A", "b", "C", "D"} {
+					if !bytes.Equal(got[i].EncryptedDEK, []byte(want)) {
+						t.Errorf("row %d holds %q, want %q", i+1, got[i].EncryptedDEK, want)
+					}
+				}
+			})
+		}
+	})
+}
+
+func equalBools(a, b []bool) bool {
+	if len(a) != len(b) {
+		return false
+	}
+	for i := range a {
+		if a[i] != b[i] {
+			return false
+		}
+	}
+	return true
+}
