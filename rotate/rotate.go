@@ -51,7 +51,7 @@ func (r *Result) fail(x row, reason string) {
 }
 
 func newFailure(x row, reason string) Failure {
-	return Failure{ID: idText(x.id), Owner: x.owner, Reason: reason}
+	return Failure{ID: idText(x.id), Owner: ownerText(x.owner), Reason: reason}
 }
 
 // casAttempts is how many times Run tries to swap a DEK that a concurrent

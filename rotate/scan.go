@@ -10,8 +10,8 @@ import (
 
 // row is one profile as read: its primary key, owner and encrypted DEK.
 type row struct {
-	id    any // int64 or string
-	owner string
+	id    any    // int64 or string
+	owner any    // as scanned; formatted only for a Failure
 	enc   []byte // nil when the column is NULL
 }
 
@@ -112,7 +112,7 @@ func (t *target) query(ctx context.Context, conn gorm.ConnPool, buf []row, q str
 		if err := rows.Scan(&id, &owner, &enc); err != nil {
 			return buf, fmt.Errorf("rotate: read %s: %w", t.table, err)
 		}
-		buf = append(buf, row{id: normID(id), owner: ownerText(owner), enc: enc})
+		buf = append(buf, row{id: normID(id), owner: owner, enc: enc})
 	}
 	if err := rows.Err(); err != nil {
 		return buf, fmt.Errorf("rotate: read %s: %w", t.table, err)
