@@ -2,6 +2,7 @@ package main
 
 import (
 	"context"
+	"errors"
 	"flag"
 	"fmt"
 	"strings"
@@ -132,6 +133,17 @@ func runRotate(ctx context.Context, e *env, o *opts) error {
 
 	// 3. Rotate; pass again if DEKs under an old key appeared meanwhile.
 	ro = o.rotateOptions(ring)
+	// After an error from here on, every DEK still opens with the recorded
+	// keys: say how to finish.
+	finish := "envelope rotate --resume"
+	if o.envFile != "" {
+		finish = "envelope rotate --env-file " + o.envFile + " --resume"
+	} else if newKey != cur.primary {
+		finish = "set the two printed lines, then " + finish
+	}
+	stopped := func(err error) error {
+		return fmt.Errorf("%w (every DEK still opens with the recorded keys; to finish: %s)", err, finish)
+	}
 	var total rotate.Result
 	left := 0
 	for pass := 1; pass <= rotatePasses; pass++ {
@@ -144,11 +156,15 @@ func runRotate(ctx context.Context, e *env, o *opts) error {
 		if err != nil {
 			printFailures(e.stderr, "cannot rotate DEK", res.Failures, res.Failed)
 			fmt.Fprintf(out, "rotated %d DEKs to %s before the error\n", total.Rotated, newID)
-			return err
+			var fe *rotate.FailedError
+			if errors.As(err, &fe) {
+				return err
+			}
+			return stopped(err)
 		}
 		ro.Progress = nil
 		if st, err = rotate.Status(ctx, db, ro); err != nil {
-			return err
+			return stopped(err)
 		}
 		left = 0
 		for _, k := range st.Keys[1:] {
@@ -164,7 +180,7 @@ func runRotate(ctx context.Context, e *env, o *opts) error {
 		return fmt.Errorf("rotate: %d DEKs open under no configured key (changed during the rotation?): run envelope verify", st.Undecryptable)
 	}
 	if left > 0 {
-		return fmt.Errorf("rotate: %d DEKs are still under a previous key (is an app instance writing with the old primary?): run envelope rotate --resume", left)
+		return fmt.Errorf("rotate: %d DEKs are still under a previous key (is an app instance writing with the old primary?): once every instance has the new key, run %s", left, finish)
 	}
 	if st.Empty > 0 {
 		fmt.Fprintf(out, "%d profiles have no DEK yet: envelope backfill gives them one\n", st.Empty)
