@@ -83,7 +83,7 @@ func (p *Plugin) resolve(db *gorm.DB, owners []any, create bool) (map[any]*owner
 	if create && db.Dialector.Name() == "sqlite" {
 		// Take SQLite's write lock before reading: a transaction that reads
 		// and then writes cannot upgrade its snapshot under concurrent writers.
-		if err := tx.Exec("UPDATE " + quote(tx, p.prof.Table) + " SET " + quote(tx, p.prof.DEK.DBName) + " = " + quote(tx, p.prof.DEK.DBName) + " WHERE 1 = 0").Error; err != nil {
+		if err := lockSQLite(tx, p.prof.Table, p.prof.DEK.DBName); err != nil {
 			return nil, nil, p.queryErr(err)
 		}
 	}
@@ -330,8 +330,4 @@ func (p *Plugin) createDEKs(tx *gorm.DB, owners []any, found map[any][]byte) err
 		}
 	}
 	return nil
-}
-
-func quote(db *gorm.DB, name string) string {
-	return db.Statement.Quote(name)
 }

@@ -25,14 +25,15 @@ type MigrateResult struct {
 	Scanned   int // rows read
 	Encrypted int // values that held plaintext and now hold a token
 	Skipped   int // values that already were tokens of their owner, or NULL
-	Changed   int // values changed by someone else meanwhile, left for a rerun
 }
 
 // EncryptExisting encrypts, in place, the values of model's encrypted
 // columns that still hold plaintext: for an app adopting the plugin on a
 // table that already has data. It walks the table in primary-key order, a
-// batch per transaction; each value is written only if it still holds what
-// was read, so concurrent writes are never clobbered. Values that already
+// batch per transaction that locks the batch's rows (FOR UPDATE; on SQLite,
+// the write lock) before reading them, so a concurrent write is never
+// clobbered, and no plaintext is ever sent back as a condition (where the
+// SQL log would show it). Values that already
 // are tokens of their owner are left alone, so a run that was interrupted
 // can simply be run again.
 //
@@ -81,6 +82,13 @@ func EncryptExisting(ctx context.Context, db *gorm.DB, model any, opts MigrateOp
 		var done bool
 		err := base.Transaction(func(tx *gorm.DB) error {
 			q := tx.Table(table).Clauses(clause.Select{Columns: cols}).Order(clause.OrderByColumn{Column: clause.Column{Name: pk}}).Limit(batch)
+			if tx.Dialector.Name() == "sqlite" {
+				if err := lockSQLite(tx, table, pk); err != nil {
+					return err
+				}
+			} else {
+				q = q.Clauses(clause.Locking{Strength: clause.LockingStrengthUpdate})
+			}
 			if last != nil {
 				q = q.Where(clause.Gt{Column: clause.Column{Name: pk}, Value: last})
 			}
@@ -161,9 +169,7 @@ func EncryptExisting(ctx context.Context, db *gorm.DB, model any, opts MigrateOp
 					if err != nil {
 						return err
 					}
-					col := m.fields[i].f.DBName
-					set[col] = string(tok)
-					where = where.Where(clause.Eq{Column: clause.Column{Name: col}, Value: *v})
+					set[m.fields[i].f.DBName] = string(tok)
 				}
 				if len(set) == 0 {
 					continue
@@ -172,11 +178,7 @@ func EncryptExisting(ctx context.Context, db *gorm.DB, model any, opts MigrateOp
 				if upd.Error != nil {
 					return upd.Error
 				}
-				if upd.RowsAffected == 0 {
-					res.Changed += len(set)
-				} else {
-					res.Encrypted += len(set)
-				}
+				res.Encrypted += len(set)
 			}
 			return nil
 		})
@@ -208,4 +210,11 @@ func ownerScan(m *modelMeta, v any) any {
 		v = n
 	}
 	return normOwnerAny(v)
+}
+
+// lockSQLite takes SQLite's write lock at the start of a transaction, so
+// what it then reads cannot change before it writes.
+func lockSQLite(tx *gorm.DB, table, col string) error {
+	q := tx.Statement.Quote
+	return tx.Exec("UPDATE " + q(table) + " SET " + q(col) + " = " + q(col) + " WHERE 1 = 0").Error
 }
