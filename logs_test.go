@@ -298,7 +298,7 @@ func TestLogsCheckerFindsLeaks(t *testing.T) {
 }
 
 // EncryptExisting turns legacy plaintext into tokens without logging it:
-// its compare-and-swap UPDATE must not show the old value in the SQL log.
+// no statement it runs may show the old value in the SQL log.
 func TestLogsEncryptExisting(t *testing.T) {
 	for _, d := range testdb.Default {
 		t.Run(string(d), func(t *testing.T) {
