@@ -24,12 +24,12 @@ type writer interface {
 	apply(ctx context.Context, conn gorm.ConnPool, cs []change, emptyOnly bool) ([]bool, error)
 }
 
-// writerFor picks the fastest writer for the dialect and the batch's key
-// type.
+// writerFor picks the fastest writer for the dialect, the driver and the
+// batch's key type.
 func (t *target) writerFor(cs []change) writer {
 	switch t.dialect {
 	case "postgres":
-		if allInt64(cs) {
+		if t.pgx && allInt64(cs) {
 			return pgBulk{t}
 		}
 	case "sqlite":
@@ -62,7 +62,8 @@ const (
 //	RETURNING envelope_t.id
 //
 // Three array parameters whatever the batch size: no bind-parameter limit,
-// one plan, one round trip.
+// one plan, one round trip. It needs pgx (the driver of gorm.io/driver/postgres),
+// which binds []int64 and [][]byte as arrays; other drivers get perRow.
 type pgBulk struct{ t *target }
 
 func (w pgBulk) apply(ctx context.Context, conn gorm.ConnPool, cs []change, emptyOnly bool) ([]bool, error) {

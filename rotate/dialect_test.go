@@ -27,6 +27,9 @@ func TestWriters(t *testing.T) {
 		writers := map[string]writer{"per-row": perRow{tg}}
 		switch tg.dialect {
 		case "postgres":
+			if !tg.pgx {
+				t.Fatal("PostgreSQL through gorm.io/driver/postgres not recognised as pgx")
+			}
 			writers["bulk"] = pgBulk{tg}
 		case "sqlite":
 			writers["bulk"] = sqliteBulk{tg}

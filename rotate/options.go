@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"reflect"
 	"strings"
 
 	"gorm.io/gorm"
@@ -112,6 +113,7 @@ type target struct {
 	dek       string // quoted
 	owner     string // quoted, or "" when none
 	batchSize int
+	pgx       bool // PostgreSQL through pgx, which binds Go slices as arrays
 
 	beforeWrite func(attempt int)
 }
@@ -151,6 +153,15 @@ func (o *Options) resolve(ctx context.Context, db *gorm.DB) (*target, error) {
 	}
 	if owner != "-" {
 		t.owner = quote(db, owner)
+	}
+	if t.dialect == "postgres" {
+		if sqlDB, err := db.DB(); err == nil {
+			ty := reflect.TypeOf(sqlDB.Driver())
+			for ty != nil && ty.Kind() == reflect.Pointer {
+				ty = ty.Elem()
+			}
+			t.pgx = ty != nil && strings.HasPrefix(ty.PkgPath(), "github.com/jackc/pgx/")
+		}
 	}
 	if t.batchSize == 0 {
 		t.batchSize = DefaultBatchSize
