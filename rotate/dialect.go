@@ -3,7 +3,6 @@ package rotate
 import (
 	"context"
 	"fmt"
-	"strings"
 
 	"gorm.io/gorm"
 )
@@ -18,8 +17,8 @@ type change struct {
 
 // writer applies a batch of changes inside a transaction and reports, for
 // each change, whether the row was written (false: the row changed or went
-// away since it was read). One writer per dialect; perRow works on any
-// database and is the default for dialects without a bulk form.
+// away since it was read). perRow works on any database; pgBulk is the
+// PostgreSQL form.
 type writer interface {
 	apply(ctx context.Context, conn gorm.ConnPool, cs []change, emptyOnly bool) ([]bool, error)
 }
@@ -32,9 +31,10 @@ func (t *target) writerFor(cs []change) writer {
 		if t.pgx && allInt64(cs) {
 			return pgBulk{t}
 		}
-	case "sqlite":
-		return sqliteBulk{t}
 	}
+	// On SQLite, prepared per-row statements in the batch's transaction
+	// measured about 3 times faster (140k rows/s) than one
+	// UPDATE … FROM (VALUES …) per batch (47k rows/s).
 	return perRow{t}
 }
 
@@ -88,52 +88,6 @@ func (w pgBulk) apply(ctx context.Context, conn gorm.ConnPool, cs []change, empt
 			t.table, aliasT, t.dek, aliasV, aliasV, aliasT, t.id, aliasV, aliasT, t.dek, aliasV, aliasT, t.id)
 	}
 	return returned(ctx, conn, q, args, cs, t)
-}
-
-// sqliteBulk writes a batch on SQLite with UPDATE … FROM (VALUES …),
-// split so as to stay under SQLite's bind-parameter limit.
-type sqliteBulk struct{ t *target }
-
-// sqliteChunk rows per statement: 3 parameters each, well under the
-// 32766-parameter limit of SQLite 3.32 and later.
-const sqliteChunk = 5000
-
-func (w sqliteBulk) apply(ctx context.Context, conn gorm.ConnPool, cs []change, emptyOnly bool) ([]bool, error) {
-	t := w.t
-	done := make([]bool, 0, len(cs))
-	for len(cs) > 0 {
-		n := min(len(cs), sqliteChunk)
-		chunk := cs[:n]
-		cs = cs[n:]
-		var b strings.Builder
-		args := make([]any, 0, 3*n)
-		fmt.Fprintf(&b, "UPDATE %s AS %s SET %s = %s.column2 FROM (VALUES ", t.table, aliasT, t.dek, aliasV)
-		for i, c := range chunk {
-			if i > 0 {
-				b.WriteString(",")
-			}
-			if emptyOnly {
-				b.WriteString("(?,?)")
-				args = append(args, c.id, c.new)
-			} else {
-				b.WriteString("(?,?,?)")
-				args = append(args, c.id, c.new, c.old)
-			}
-		}
-		fmt.Fprintf(&b, ") AS %s WHERE %s.%s = %s.column1 AND ", aliasV, aliasT, t.id, aliasV)
-		if emptyOnly {
-			b.WriteString(t.emptyCond(aliasT + "." + t.dek))
-		} else {
-			fmt.Fprintf(&b, "%s.%s = %s.column3", aliasT, t.dek, aliasV)
-		}
-		fmt.Fprintf(&b, " RETURNING %s", t.id)
-		d, err := returned(ctx, conn, b.String(), args, chunk, t)
-		if err != nil {
-			return nil, err
-		}
-		done = append(done, d...)
-	}
-	return done, nil
 }
 
 // returned runs an UPDATE … RETURNING id and marks which changes it wrote.

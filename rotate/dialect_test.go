@@ -31,8 +31,6 @@ func TestWriters(t *testing.T) {
 				t.Fatal("PostgreSQL through gorm.io/driver/postgres not recognised as pgx")
 			}
 			writers["bulk"] = pgBulk{tg}
-		case "sqlite":
-			writers["bulk"] = sqliteBulk{tg}
 		}
 		for name, w := range writers {
 			t.Run(name, func(t *testing.T) {

@@ -33,11 +33,12 @@
 // # Dialects
 //
 // On PostgreSQL a batch is written with a single UPDATE … FROM unnest(…)
-// of three array parameters; on SQLite with UPDATE … FROM (VALUES …).
-// PostgreSQL also reads and decrypts the next batches while two earlier ones
-// are being written. Other dialects (MySQL and MariaDB included), and
-// non-integer primary keys on PostgreSQL, use one prepared conditional
-// UPDATE per row inside the batch's transaction.
+// of three array parameters, and the next batches are read and decrypted
+// while earlier ones are being written, three at a time. Other dialects
+// (SQLite, MySQL and MariaDB), and non-integer primary keys on PostgreSQL,
+// use one prepared conditional UPDATE per row inside the batch's
+// transaction, one batch at a time; on SQLite that measured three times
+// faster than one UPDATE … FROM (VALUES …) per batch.
 //
 // # Status
 //
