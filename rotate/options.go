@@ -79,6 +79,7 @@ type Failure struct {
 	Reason string
 }
 
+// String formats the failure for a report: id, owner if known, reason.
 func (f Failure) String() string {
 	if f.Owner == "" {
 		return fmt.Sprintf("id %s: %s", f.ID, f.Reason)
@@ -94,6 +95,8 @@ type FailedError struct {
 	Count int
 }
 
+// Error names the operation and the count, e.g. "rotate: 3 DEKs could not
+// be opened".
 func (e *FailedError) Error() string {
 	if e.Count == 1 {
 		return e.Op + ": 1 DEK could not be opened"
