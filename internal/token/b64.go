@@ -14,26 +14,27 @@ const badPair = 0x8000
 
 var (
 	// encodeTab maps a 12-bit value to its two characters, little-endian.
-	encodeTab [1 << 12]uint16
+	encodeTab = func() (t [1 << 12]uint16) {
+		for v := range t {
+			t[v] = uint16(alphabet[v>>6]) | uint16(alphabet[v&63])<<8
+		}
+		return t
+	}()
 	// pairTab maps two characters c0, c1 (both below 0x80) at index
 	// c0 | c1<<8 to their 12-bit value, or to badPair. A 4-character group
 	// is two lookups. Bytes with the high bit set are caught separately.
-	pairTab [1 << 15]uint16
-)
-
-func init() {
-	for v := range encodeTab {
-		encodeTab[v] = uint16(alphabet[v>>6]) | uint16(alphabet[v&63])<<8
-	}
-	for i := range pairTab {
-		pairTab[i] = badPair
-	}
-	for i := range len(alphabet) {
-		for k := range len(alphabet) {
-			pairTab[uint16(alphabet[i])|uint16(alphabet[k])<<8] = uint16(i<<6 | k)
+	pairTab = func() (t [1 << 15]uint16) {
+		for i := range t {
+			t[i] = badPair
 		}
-	}
-}
+		for i := range len(alphabet) {
+			for k := range len(alphabet) {
+				t[uint16(alphabet[i])|uint16(alphabet[k])<<8] = uint16(i<<6 | k)
+			}
+		}
+		return t
+	}()
+)
 
 // b64EncodedLen is the length of the padded text for n bytes.
 func b64EncodedLen(n int) int { return (n + 2) / 3 * 4 }
