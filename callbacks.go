@@ -5,6 +5,8 @@ import (
 	"fmt"
 	"reflect"
 	"strings"
+	"sync"
+	"unsafe"
 
 	"github.com/gorm-envelope/envelope/dek"
 	"github.com/gorm-envelope/envelope/internal/token"
@@ -353,11 +355,19 @@ func (c *collector) finish() {
 		return
 	}
 	st := &writeState{p: c.p, db: db, defOwner: c.defOwner, tokens: make(map[tokKey]string, len(c.items))}
+	// Distinct values, each with its owner's cipher; then encrypt them, on
+	// several cores for a large statement.
+	type job struct {
+		k tokKey
+		c *token.Cipher
+	}
+	jobs := make([]job, 0, len(c.items))
 	for _, it := range c.items {
 		k := tokKey{col: it.col, owner: it.owner, plain: it.plain}
 		if _, done := st.tokens[k]; done {
 			continue
 		}
+		st.tokens[k] = ""
 		model, field, _ := strings.Cut(it.name, ".")
 		if err := kerrs[it.owner]; err != nil {
 			c.fail(&FieldError{Model: model, Field: field, Owner: it.owner, Err: err})
@@ -368,16 +378,33 @@ func (c *collector) finish() {
 			c.fail(&FieldError{Model: model, Field: field, Owner: it.owner, Err: ErrShredded})
 			continue
 		}
-		tok, err := sealValue(ok.c, it.plain)
-		if err != nil {
-			c.fail(&FieldError{Model: model, Field: field, Owner: it.owner, Err: err})
-			continue
-		}
-		st.tokens[k] = tok
+		jobs = append(jobs, job{k, ok.c})
 	}
 	if len(c.errs) > 0 {
 		db.AddError(join(c.errs))
 		return
+	}
+	toks := make([]string, len(jobs))
+	var sealErr error
+	var mu sync.Mutex
+	parallel(len(jobs), func(_, lo, hi int) {
+		for i := lo; i < hi; i++ {
+			tok, err := sealValue(jobs[i].c, jobs[i].k.plain)
+			if err != nil {
+				mu.Lock()
+				sealErr = err
+				mu.Unlock()
+				return
+			}
+			toks[i] = tok
+		}
+	})
+	if sealErr != nil {
+		db.AddError(sealErr)
+		return
+	}
+	for i, j := range jobs {
+		st.tokens[j.k] = toks[i]
 	}
 	r := &restore{ctx: db.Statement.Context}
 	db.Statement.Context = context.WithValue(db.Statement.Context, stateKey{}, st)
@@ -400,11 +427,12 @@ func sealValue(c *token.Cipher, plain string) (string, error) {
 			return plain, nil
 		}
 	}
-	tok, err := c.Encrypt([]byte(plain))
+	tok, err := c.Encrypt(unsafe.Slice(unsafe.StringData(plain), len(plain)))
 	if err != nil {
 		return "", fmt.Errorf("envelope: encrypt: %w", err)
 	}
-	return string(tok), nil
+	// tok is a fresh slice nobody else holds: the string can share it.
+	return unsafe.String(unsafe.SliceData(tok), len(tok)), nil
 }
 
 func distinctOwners(items []item) []any {

@@ -179,36 +179,39 @@ func (p *Plugin) afterQuery(db *gorm.DB) {
 // (measured with BenchmarkDecryptRows).
 var parallelMin = 512
 
-// decryptAll decrypts every target, on up to GOMAXPROCS goroutines for a
-// large result. Each goroutine owns a contiguous range of rows, and the
-// errors are returned in row order, so results and errors are the same
-// whatever the number of cores.
-func (p *Plugin) decryptAll(targets []target, keys map[any]*ownerKey, kerrs map[any]error) []error {
+// parallel calls fn over [0, n) in contiguous ranges, the w-th of
+// workers() ranges on its own goroutine when n reaches parallelMin, else
+// fn(0, 0, n) on the calling goroutine.
+func parallel(n int, fn func(w, lo, hi int)) {
 	workers := runtime.GOMAXPROCS(0)
-	if len(targets) < parallelMin || workers < 2 {
-		var errs []error
-		for _, t := range targets {
-			errs = p.decryptTarget(t, keys, kerrs, errs)
-		}
-		return errs
+	if n < parallelMin || workers < 2 {
+		fn(0, 0, n)
+		return
 	}
-	chunk := (len(targets) + workers - 1) / workers
-	parts := make([][]error, workers)
+	chunk := (n + workers - 1) / workers
 	var wg sync.WaitGroup
-	for w := 0; w < workers; w++ {
-		lo, hi := w*chunk, min((w+1)*chunk, len(targets))
-		if lo >= hi {
-			break
-		}
+	for w, lo := 0, 0; lo < n; w, lo = w+1, lo+chunk {
+		hi := min(lo+chunk, n)
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			for _, t := range targets[lo:hi] {
-				parts[w] = p.decryptTarget(t, keys, kerrs, parts[w])
-			}
+			fn(w, lo, hi)
 		}()
 	}
 	wg.Wait()
+}
+
+// decryptAll decrypts every target, on several cores for a large result.
+// Each goroutine owns a contiguous range of rows, and the errors are
+// returned in row order, so results and errors are the same whatever the
+// number of cores.
+func (p *Plugin) decryptAll(targets []target, keys map[any]*ownerKey, kerrs map[any]error) []error {
+	parts := make([][]error, max(runtime.GOMAXPROCS(0), 1))
+	parallel(len(targets), func(w, lo, hi int) {
+		for _, t := range targets[lo:hi] {
+			parts[w] = p.decryptTarget(t, keys, kerrs, parts[w])
+		}
+	})
 	var errs []error
 	for _, part := range parts {
 		errs = append(errs, part...)
