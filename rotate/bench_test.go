@@ -14,19 +14,28 @@ import (
 	"github.com/gorm-envelope/envelope/internal/testdb"
 )
 
-// BenchmarkRotate rotates every DEK of a PostgreSQL profile table, back and
-// forth between two master keys, with Run ("bulk") and with the loop an app
-// would write by hand ("per-row": load every profile, decrypt, encrypt, one
-// UPDATE each). 100,000 profiles; 5,000 under -short.
+// BenchmarkRotate rotates every DEK of a profile table, on PostgreSQL and
+// on MySQL/MariaDB, back and forth between two master keys: with Run
+// ("bulk": the dialect's fastest writer), with Run forced to its per-row
+// writer ("run-per-row": one prepared compare-and-swap UPDATE per row in
+// each batch's transaction), and with the loop an app would write by hand
+// ("per-row": load every profile, decrypt, encrypt, one GORM Update each).
+// 100,000 profiles; 5,000 under -short.
 //
-//	go test -run '^$' -bench BenchmarkRotate -benchmem -benchtime 3x ./rotate/
+//	go test -run '^$' -bench 'BenchmarkRotate/(postgres|mysql)/bulk' -benchmem -benchtime 3x ./rotate/
 func BenchmarkRotate(b *testing.B) {
+	for _, d := range []testdb.Dialect{testdb.Postgres, testdb.MySQL} {
+		b.Run(string(d), func(b *testing.B) { benchRotate(b, d) })
+	}
+}
+
+func benchRotate(b *testing.B, d testdb.Dialect) {
 	n := 100_000
 	if testing.Short() {
 		n = 5_000
 	}
 	ctx := context.Background()
-	db := testdb.Open(b, testdb.Postgres)
+	db := testdb.Open(b, d)
 	keys := [2]string{newKey(b), newKey(b)}
 	seedProfiles(b, db, keyring(b, keys[0]), n)
 	cur := 0 // index of the key every DEK is under
@@ -36,17 +45,21 @@ func BenchmarkRotate(b *testing.B) {
 		cur = 1 - cur
 		return r
 	}
-	b.Run("bulk", func(b *testing.B) {
-		b.ReportAllocs()
-		peak := watchHeap()
-		for range b.N {
-			res, err := Run(ctx, db, Options{Keys: next(), Profile: &Profile{}})
-			if err != nil || res.Rotated != n {
-				b.Fatalf("%+v, %v", res, err)
+	run := func(perRow bool) func(b *testing.B) {
+		return func(b *testing.B) {
+			b.ReportAllocs()
+			peak := watchHeap()
+			for range b.N {
+				res, err := Run(ctx, db, Options{Keys: next(), Profile: &Profile{}, perRow: perRow})
+				if err != nil || res.Rotated != n {
+					b.Fatalf("%+v, %v", res, err)
+				}
 			}
+			report(b, n, peak())
 		}
-		report(b, n, peak())
-	})
+	}
+	b.Run("bulk", run(false))
+	b.Run("run-per-row", run(true))
 	b.Run("per-row", func(b *testing.B) {
 		b.ReportAllocs()
 		peak := watchHeap()

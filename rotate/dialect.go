@@ -1,8 +1,10 @@
 package rotate
 
 import (
+	"bytes"
 	"context"
 	"fmt"
+	"strings"
 
 	"gorm.io/gorm"
 )
@@ -18,7 +20,7 @@ type change struct {
 // writer applies a batch of changes inside a transaction and reports, for
 // each change, whether the row was written (false: the row changed or went
 // away since it was read). perRow works on any database; pgBulk is the
-// PostgreSQL form.
+// PostgreSQL form, myBulk the MySQL and MariaDB one.
 type writer interface {
 	apply(ctx context.Context, conn gorm.ConnPool, cs []change, emptyOnly bool) ([]bool, error)
 }
@@ -26,10 +28,17 @@ type writer interface {
 // writerFor picks the fastest writer for the dialect, the driver and the
 // batch's key type.
 func (t *target) writerFor(cs []change) writer {
+	if t.forcePerRow {
+		return perRow{t}
+	}
 	switch t.dialect {
 	case "postgres":
 		if t.pgx && allInt64(cs) {
 			return pgBulk{t}
+		}
+	case "mysql":
+		if allInt64(cs) {
+			return myBulk{t}
 		}
 	}
 	// On SQLite, prepared per-row statements in the batch's transaction
@@ -116,6 +125,120 @@ func returned(ctx context.Context, conn gorm.ConnPool, q string, args []any, cs 
 		done[i] = written[c.id]
 	}
 	return done, nil
+}
+
+// myBulkRows is the most changes one myBulk statement carries: 3 bind
+// parameters each, well under MySQL's limit of 65,535 per statement.
+const myBulkRows = 1000
+
+// myBulk writes a batch with one statement per myBulkRows changes on MySQL
+// and MariaDB, which have neither arrays nor UPDATE … RETURNING:
+//
+//	UPDATE (SELECT ? AS vid, CAST(? AS BINARY) AS vnew, CAST(? AS BINARY) AS vold
+//	        UNION ALL SELECT ?, CAST(? AS BINARY), CAST(? AS BINARY) …) AS envelope_v
+//	STRAIGHT_JOIN t AS envelope_t
+//	ON envelope_t.id = envelope_v.vid AND envelope_t.dek = envelope_v.vold
+//	SET envelope_t.dek = envelope_v.vnew
+//
+// A derived table of UNION ALL rows works on every MySQL and MariaDB
+// version (MariaDB's VALUES table constructor names its columns after the
+// first row's values, and MySQL's VALUES ROW(…) is spelled differently).
+// STRAIGHT_JOIN makes the server drive from the derived table and reach
+// each profile by primary key, so only the batch's rows are read and
+// locked, even where the optimizer would scan a small table.
+//
+// Which rows were written: the affected-row count says how many (a written
+// row always changes, since a new value never equals the old one, so the
+// count is the same whether the DSN counts changed or found rows). When it
+// is less than the batch, the batch's rows are read back in the same
+// transaction: a row was written exactly when it now holds the new value,
+// which is a fresh token no other writer can have produced.
+type myBulk struct{ t *target }
+
+func (w myBulk) apply(ctx context.Context, conn gorm.ConnPool, cs []change, emptyOnly bool) ([]bool, error) {
+	done := make([]bool, len(cs))
+	for lo := 0; lo < len(cs); lo += myBulkRows {
+		hi := min(lo+myBulkRows, len(cs))
+		if err := w.chunk(ctx, conn, cs[lo:hi], done[lo:hi], emptyOnly); err != nil {
+			return nil, err
+		}
+	}
+	return done, nil
+}
+
+// myBin binds a DEK value as a binary string. A bare ? in a derived table
+// takes the connection's character set, which rejects bytes that are not
+// valid UTF-8 in strict mode and would compare by collation otherwise.
+const myBin = "CAST(? AS BINARY)"
+
+func (w myBulk) chunk(ctx context.Context, conn gorm.ConnPool, cs []change, done []bool, emptyOnly bool) error {
+	t := w.t
+	per := 3
+	if emptyOnly {
+		per = 2
+	}
+	args := make([]any, 0, per*len(cs))
+	var b strings.Builder
+	b.Grow(64*len(cs) + 256)
+	b.WriteString("UPDATE (")
+	for i, c := range cs {
+		switch {
+		case i > 0 && emptyOnly:
+			b.WriteString(" UNION ALL SELECT ?, " + myBin)
+		case i > 0:
+			b.WriteString(" UNION ALL SELECT ?, " + myBin + ", " + myBin)
+		case emptyOnly:
+			b.WriteString("SELECT ? AS vid, " + myBin + " AS vnew")
+		default:
+			b.WriteString("SELECT ? AS vid, " + myBin + " AS vnew, " + myBin + " AS vold")
+		}
+		args = append(args, c.id, c.new)
+		if !emptyOnly {
+			args = append(args, c.old)
+		}
+	}
+	fmt.Fprintf(&b, ") AS %s STRAIGHT_JOIN %s AS %s ON %s.%s = %s.vid", aliasV, t.table, aliasT, aliasT, t.id, aliasV)
+	if !emptyOnly {
+		fmt.Fprintf(&b, " AND %s.%s = %s.vold", aliasT, t.dek, aliasV)
+	}
+	fmt.Fprintf(&b, " SET %s.%s = %s.vnew", aliasT, t.dek, aliasV)
+	if emptyOnly {
+		b.WriteString(" WHERE " + t.emptyCond(aliasT+"."+t.dek))
+	}
+	res, err := conn.ExecContext(ctx, b.String(), args...)
+	if err != nil {
+		return fmt.Errorf("rotate: update %s: %w", t.table, err)
+	}
+	n, err := res.RowsAffected()
+	if err != nil {
+		return fmt.Errorf("rotate: update %s: %w", t.table, err)
+	}
+	switch {
+	case n == int64(len(cs)):
+		for i := range done {
+			done[i] = true
+		}
+		return nil
+	case n == 0:
+		return nil
+	}
+	ids := make([]any, len(cs))
+	for i, c := range cs {
+		ids[i] = c.id
+	}
+	rows, err := t.rereadIn(ctx, conn, ids)
+	if err != nil {
+		return err
+	}
+	now := make(map[any][]byte, len(rows))
+	for _, r := range rows {
+		now[r.id] = r.enc
+	}
+	for i, c := range cs {
+		v, ok := now[c.id]
+		done[i] = ok && bytes.Equal(v, c.new)
+	}
+	return nil
 }
 
 // perRow writes each change with its own conditional UPDATE, prepared once

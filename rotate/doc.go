@@ -34,11 +34,15 @@
 //
 // On PostgreSQL a batch is written with a single UPDATE … FROM unnest(…)
 // of three array parameters, and the next batches are read and decrypted
-// while earlier ones are being written, three at a time. Other dialects
-// (SQLite, MySQL and MariaDB), and non-integer primary keys on PostgreSQL,
-// use one prepared conditional UPDATE per row inside the batch's
-// transaction, one batch at a time; on SQLite that measured three times
-// faster than one UPDATE … FROM (VALUES …) per batch.
+// while earlier ones are being written, three at a time. On MySQL and
+// MariaDB a batch is written with one multi-table UPDATE joining the table
+// to a derived table of the batch's (id, new, old) rows, 1000 rows per
+// statement; the affected-row count, and when it falls short a read-back in
+// the same transaction, says which rows were written. That measured about
+// three times faster than one UPDATE per row. SQLite, and non-integer
+// primary keys anywhere, use one prepared conditional UPDATE per row inside
+// the batch's transaction, one batch at a time; on SQLite that measured
+// three times faster than one UPDATE … FROM (VALUES …) per batch.
 //
 // # Status
 //

@@ -58,6 +58,9 @@ type Options struct {
 	// beforeWrite, set by tests, runs before each batch's write with the
 	// attempt number (1 for the first).
 	beforeWrite func(attempt int)
+	// perRow, set by tests and benchmarks, makes every dialect use the
+	// per-row writer.
+	perRow bool
 }
 
 // Progress is what [Options.Progress] receives after each batch.
@@ -119,6 +122,7 @@ type target struct {
 	pgx       bool // PostgreSQL through pgx, which binds Go slices as arrays
 
 	beforeWrite func(attempt int)
+	forcePerRow bool
 }
 
 func (o *Options) resolve(ctx context.Context, db *gorm.DB) (*target, error) {
@@ -153,6 +157,7 @@ func (o *Options) resolve(ctx context.Context, db *gorm.DB) (*target, error) {
 		batchSize: o.BatchSize,
 
 		beforeWrite: o.beforeWrite,
+		forcePerRow: o.perRow,
 	}
 	if owner != "-" {
 		t.owner = quote(db, owner)

@@ -18,7 +18,9 @@ const pgWriters = 3
 
 // writers returns how many batches may be written concurrently. SQLite has
 // one writer at a time, and a caller's transaction is one connection, so
-// both are processed strictly one batch after another.
+// both are processed strictly one batch after another. On MariaDB 10.11
+// one writer and three measured alike (about 20k DEKs/s on a loaded 2-core
+// machine), so MySQL keeps to one: fewer rows locked at once.
 func (t *target) writers() int {
 	if _, inTx := t.pool().(gorm.TxCommitter); inTx {
 		return 0

@@ -83,6 +83,11 @@ func (t *target) scan(ctx context.Context, filter string, fn func([]row) error) 
 
 // reread reads the given profiles again by primary key.
 func (t *target) reread(ctx context.Context, ids []any) ([]row, error) {
+	return t.rereadIn(ctx, t.pool(), ids)
+}
+
+// rereadIn is reread on conn (a batch's transaction).
+func (t *target) rereadIn(ctx context.Context, conn gorm.ConnPool, ids []any) ([]row, error) {
 	if len(ids) == 0 {
 		return nil, nil
 	}
@@ -95,7 +100,7 @@ func (t *target) reread(ctx context.Context, ids []any) ([]row, error) {
 		b.WriteString(t.ph(i + 1))
 	}
 	b.WriteString(") ORDER BY " + t.id)
-	return t.query(ctx, t.pool(), nil, b.String(), ids...)
+	return t.query(ctx, conn, nil, b.String(), ids...)
 }
 
 func (t *target) query(ctx context.Context, conn gorm.ConnPool, buf []row, q string, args ...any) ([]row, error) {
