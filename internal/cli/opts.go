@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"strings"
 
+	"gorm.io/driver/mysql"
 	"gorm.io/driver/postgres"
 	"gorm.io/driver/sqlite"
 	"gorm.io/gorm"
@@ -35,7 +36,7 @@ func (o *opts) global(fs *flag.FlagSet, e *env) {
 	if o.dsn == "" {
 		o.dsn, _ = e.lookup("ENVELOPE_DSN")
 	}
-	fs.StringVar(&o.driver, "driver", o.driver, "database `driver`: "+strings.Join(drivers, " or ")+" (default $ENVELOPE_DRIVER)")
+	fs.StringVar(&o.driver, "driver", o.driver, "database `driver`: "+driverList+" (default $ENVELOPE_DRIVER)")
 	fs.StringVar(&o.dsn, "dsn", o.dsn, "data source `name` for the driver (default $ENVELOPE_DSN)")
 	fs.StringVar(&o.table, "table", orDefault(o.table, rotate.DefaultTable), "profile `table`")
 	fs.StringVar(&o.idCol, "id-column", orDefault(o.idCol, rotate.DefaultIDColumn), "primary key `column` of the profile table")
@@ -54,8 +55,8 @@ func orDefault(s, def string) string {
 	return s
 }
 
-// drivers are the supported --driver values.
-var drivers = []string{"sqlite", "postgres"}
+// driverList names the supported --driver values.
+const driverList = "sqlite, postgres or mysql"
 
 // open connects to the database named by the global flags.
 func (o *opts) open() (*gorm.DB, error) {
@@ -77,10 +78,12 @@ func (o *opts) open() (*gorm.DB, error) {
 		d = sqlite.Open(dsn)
 	case "postgres":
 		d = postgres.Open(o.dsn)
+	case "mysql": // MySQL and MariaDB
+		d = mysql.Open(o.dsn)
 	case "":
-		return nil, usagef("no database driver: set --driver (or ENVELOPE_DRIVER) to %s", strings.Join(drivers, " or "))
+		return nil, usagef("no database driver: set --driver (or ENVELOPE_DRIVER) to %s", driverList)
 	default:
-		return nil, usagef("unknown --driver %q: want %s", o.driver, strings.Join(drivers, " or "))
+		return nil, usagef("unknown --driver %q: want %s", o.driver, driverList)
 	}
 	db, err := gorm.Open(d, &gorm.Config{Logger: logger.Discard, SkipDefaultTransaction: true})
 	if err != nil {
