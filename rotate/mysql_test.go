@@ -21,7 +21,7 @@ import (
 // Credential is app data with encrypted fields of every kind.
 type Credential struct {
 	ID       uint
-	UserID   uint    `envelope:"owner"`
+	UserID   uint `envelope:"owner"`
 	Facility string
 	Password string  `gorm:"serializer:envelope"`
 	APIKey   *string `gorm:"serializer:envelope"`
