@@ -35,10 +35,19 @@ import (
 	"syscall"
 
 	"golang.org/x/term"
+
+	"github.com/gorm-envelope/envelope/dek"
 )
 
-// Extensions are what a build of the command adds to the core one.
+// Extensions are what a build of the command adds to the core one. The
+// zero value is the core build.
 type Extensions struct {
+	// OpenKMS opens a master key held in a KMS, named by a URL (any key
+	// text containing "://"): the --kms-url key, and key URLs in
+	// DEK_ENCRYPTION_KEY and DEK_ENCRYPTION_KEY_PREVIOUS. If the key it
+	// returns is an io.Closer, it is closed when the command ends. Nil means
+	// the build has no KMS support: --kms-url and key URLs are refused.
+	OpenKMS func(ctx context.Context, url string) (dek.Encrypter, error)
 }
 
 // Main runs the envelope command with args (the arguments after the
@@ -108,7 +117,7 @@ Global flags (also accepted after the command):
 The master keys come from DEK_ENCRYPTION_KEY (primary) and
 DEK_ENCRYPTION_KEY_PREVIOUS (comma-separated older keys); rotate --env-file
 reads and rewrites them in that file. See docs/key-management.md.
-
+%s
 Run "envelope <command> --help" for a command's flags.
 `
 
@@ -175,6 +184,10 @@ func runCommand(ctx context.Context, c *command, args []string, e *env, o *opts)
 	if fs.NArg() > 0 {
 		return report(e, usagef("%s: unexpected argument %q (see envelope %s --help)", c.name, fs.Arg(0), c.name))
 	}
+	if _, ok := o.kmsRef(); ok && c.name != "keygen" && e.ext.OpenKMS == nil {
+		return report(e, &usageError{errNoKMS.Error()})
+	}
+	defer o.closeKeys()
 	return report(e, c.run(ctx, e, o))
 }
 
@@ -194,7 +207,18 @@ func printGlobalHelp(w io.Writer, e *env) {
 	var flags strings.Builder
 	fs.SetOutput(&flags)
 	fs.PrintDefaults()
-	fmt.Fprintf(w, globalHelp, cmds.String(), flags.String())
+	kms := `
+This build has no KMS support: --kms-url, and key URLs in the variables
+above, need github.com/gorm-envelope/envelope/kms/cmd/envelope.
+`
+	if e.ext.OpenKMS != nil {
+		kms = `
+With --kms-url (or ENVELOPE_KMS_URL), the key held in the KMS is the primary
+key and the configured keys are previous keys; the variables above may also
+hold key URLs (any value containing "://").
+`
+	}
+	fmt.Fprintf(w, globalHelp, cmds.String(), flags.String(), kms)
 }
 
 // report prints err as one line on stderr and returns the exit code.

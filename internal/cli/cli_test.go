@@ -149,8 +149,15 @@ func cmdPerm(ts *testscript.TestScript, neg bool, args []string) {
 	}
 }
 
-// runCLI runs the command in-process with the given environment.
+// runCLI runs the core build of the command in-process with the given
+// environment.
 func runCLI(t *testing.T, vars map[string]string, tty bool, args ...string) (code int, stdout, stderr string) {
+	t.Helper()
+	return runWith(t, Extensions{}, vars, tty, args...)
+}
+
+// runWith runs the command in-process as a build with ext.
+func runWith(t *testing.T, ext Extensions, vars map[string]string, tty bool, args ...string) (code int, stdout, stderr string) {
 	t.Helper()
 	var out, errb bytes.Buffer
 	code = run(context.Background(), args, &env{
@@ -158,6 +165,7 @@ func runCLI(t *testing.T, vars map[string]string, tty bool, args ...string) (cod
 		stderr: &errb,
 		lookup: func(k string) (string, bool) { v, ok := vars[k]; return v, ok },
 		tty:    tty,
+		ext:    ext,
 	})
 	return code, out.String(), errb.String()
 }

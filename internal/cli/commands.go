@@ -5,7 +5,6 @@ import (
 	"flag"
 	"fmt"
 	"io"
-	"slices"
 
 	"github.com/gorm-envelope/envelope/dek"
 	"github.com/gorm-envelope/envelope/rotate"
@@ -84,11 +83,7 @@ still empty, so it is safe while the app runs.`,
 		fs.BoolVar(&o.dryRun, "dry-run", false, "only count the profiles without a DEK")
 	},
 	run: func(ctx context.Context, e *env, o *opts) error {
-		keys, err := o.currentKeys(e)
-		if err != nil {
-			return err
-		}
-		ring, err := keys.ring()
+		ring, err := o.keyring(ctx, e)
 		if err != nil {
 			return err
 		}
@@ -116,11 +111,7 @@ still empty, so it is safe while the app runs.`,
 
 // scanKeys runs rotate.Status with the current keys.
 func scanKeys(ctx context.Context, e *env, o *opts, label string) (rotate.StatusResult, error) {
-	keys, err := o.currentKeys(e)
-	if err != nil {
-		return rotate.StatusResult{}, err
-	}
-	ring, err := keys.ring()
+	ring, err := o.keyring(ctx, e)
 	if err != nil {
 		return rotate.StatusResult{}, err
 	}
@@ -173,29 +164,4 @@ func printFailures(w io.Writer, what string, fs []rotate.Failure, count int) {
 	if count > min(len(fs), show) {
 		fmt.Fprintf(w, "envelope: ... and %d more\n", count-min(len(fs), show))
 	}
-}
-
-// currentKeys returns the configured master keys: from --env-file when it
-// sets DEK_ENCRYPTION_KEY, otherwise from the environment. If both set the
-// keys they must agree, since rotate rewrites the file from what it read.
-func (o *opts) currentKeys(e *env) (keyset, error) {
-	envKeys := keysFrom("the environment", e.lookup)
-	if o.envFile == "" {
-		return envKeys, nil
-	}
-	vars, err := readEnvFile(o.envFile)
-	if err != nil {
-		return keyset{}, fmt.Errorf("read env file: %w", err)
-	}
-	fileKeys := keysFrom(o.envFile, func(k string) (string, bool) {
-		v, ok := vars[k]
-		return v, ok
-	})
-	if fileKeys.primary == "" {
-		return envKeys, nil
-	}
-	if envKeys.primary != "" && !slices.Equal(envKeys.all(), fileKeys.all()) {
-		return keyset{}, fmt.Errorf("the keys in the environment differ from those in %s: unset %s and %s, or make them agree", o.envFile, dek.EnvKey, dek.EnvKeyPrevious)
-	}
-	return fileKeys, nil
 }

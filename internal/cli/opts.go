@@ -1,7 +1,6 @@
 package cli
 
 import (
-	"errors"
 	"flag"
 	"fmt"
 	"strings"
@@ -18,12 +17,14 @@ import (
 
 // opts holds the global flags and those shared by several commands.
 type opts struct {
-	driver, dsn                    string
+	driver, dsn, kmsURL            string
 	table, idCol, ownerCol, dekCol string
 	batchSize                      int
 	dryRun                         bool
 	newKey, envFile                string
 	resume                         bool
+
+	opened map[string]dek.Encrypter // KMS keys opened, by URL
 }
 
 // global registers the global flags on fs. Defaults are the values parsed so
@@ -36,12 +37,28 @@ func (o *opts) global(fs *flag.FlagSet, e *env) {
 	if o.dsn == "" {
 		o.dsn, _ = e.lookup("ENVELOPE_DSN")
 	}
+	if o.kmsURL == "" {
+		o.kmsURL, _ = e.lookup("ENVELOPE_KMS_URL")
+	}
 	fs.StringVar(&o.driver, "driver", o.driver, "database `driver`: "+driverList+" (default $ENVELOPE_DRIVER)")
-	fs.StringVar(&o.dsn, "dsn", o.dsn, "data source `name` for the driver (default $ENVELOPE_DSN)")
+	// Help never prints these two values: a DSN may hold a password, and a
+	// key URL (base64key://) key material.
+	fs.Var(hidden{&o.dsn}, "dsn", "data source `name` for the driver (default $ENVELOPE_DSN)")
+	fs.Var(hidden{&o.kmsURL}, "kms-url", "master key held in a KMS, by `URL`: the primary key, with the configured keys as previous keys (default $ENVELOPE_KMS_URL)")
 	fs.StringVar(&o.table, "table", orDefault(o.table, rotate.DefaultTable), "profile `table`")
 	fs.StringVar(&o.idCol, "id-column", orDefault(o.idCol, rotate.DefaultIDColumn), "primary key `column` of the profile table")
 	fs.StringVar(&o.ownerCol, "owner-column", orDefault(o.ownerCol, rotate.DefaultOwnerColumn), "owner `column`, named in reports (\"-\" for none)")
 	fs.StringVar(&o.dekCol, "dek-column", orDefault(o.dekCol, rotate.DefaultDEKColumn), "encrypted DEK `column`")
+}
+
+// hidden is a string flag whose value help does not print.
+type hidden struct{ p *string }
+
+func (h hidden) String() string { return "" }
+
+func (h hidden) Set(v string) error {
+	*h.p = v
+	return nil
 }
 
 func (o *opts) batchFlags(fs *flag.FlagSet) {
@@ -116,62 +133,4 @@ func (o *opts) rotateOptions(keys *dek.Keyring) rotate.Options {
 		BatchSize:   o.batchSize,
 		DryRun:      o.dryRun,
 	}
-}
-
-// keyset is master keys as text, primary first, with where they came from.
-type keyset struct {
-	source   string // "the environment" or the env file's path
-	primary  string
-	previous []string
-}
-
-// keysFrom reads DEK_ENCRYPTION_KEY and DEK_ENCRYPTION_KEY_PREVIOUS through
-// lookup.
-func keysFrom(source string, lookup func(string) (string, bool)) keyset {
-	k := keyset{source: source}
-	k.primary, _ = lookup(dek.EnvKey)
-	k.primary = strings.TrimSpace(k.primary)
-	prev, _ := lookup(dek.EnvKeyPrevious)
-	for _, s := range strings.Split(prev, ",") {
-		if s = strings.TrimSpace(s); s != "" {
-			k.previous = append(k.previous, s)
-		}
-	}
-	return k
-}
-
-// all returns the keys, primary first.
-func (k keyset) all() []string { return append([]string{k.primary}, k.previous...) }
-
-// ring parses the keys. An invalid key is named by variable (and entry),
-// never printed.
-func (k keyset) ring() (*dek.Keyring, error) {
-	if k.primary == "" {
-		if k.source == "the environment" {
-			return nil, dek.ErrNoKey
-		}
-		return nil, fmt.Errorf("no %s in %s: %w", dek.EnvKey, k.source, dek.ErrNoKey)
-	}
-	where := ""
-	if k.source != "the environment" {
-		where = k.source + ": "
-	}
-	if err := checkKey(where+dek.EnvKey, k.primary); err != nil {
-		return nil, err
-	}
-	for i, p := range k.previous {
-		if err := checkKey(fmt.Sprintf("%s%s (entry %d)", where, dek.EnvKeyPrevious, i+1), p); err != nil {
-			return nil, err
-		}
-	}
-	return dek.ParseKeyring(k.primary, k.previous...)
-}
-
-func checkKey(source, text string) error {
-	_, err := dek.ParseKey(text)
-	var ke *dek.KeyError
-	if errors.As(err, &ke) {
-		return &dek.KeyError{Source: source, Reason: ke.Reason}
-	}
-	return err
 }

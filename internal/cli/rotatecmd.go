@@ -13,7 +13,7 @@ import (
 
 var cmdRotate = &command{
 	name:  "rotate",
-	args:  "[--new-key KEY | --resume] [--env-file PATH] [--batch-size N] [--dry-run]",
+	args:  "[--new-key KEY | --kms-url URL | --resume] [--env-file PATH] [--batch-size N] [--dry-run]",
 	short: "re-encrypt every DEK under a new master key",
 	long: `Re-encrypts every DEK under a new master key, in this order:
 
@@ -28,7 +28,15 @@ var cmdRotate = &command{
 
 A rotation that is interrupted leaves every DEK readable with the recorded
 keys; "envelope rotate --resume" finishes it. Only the DEK column is written;
-the app's data is not touched. Exits 1 if any DEK could not be rotated.`,
+the app's data is not touched. Exits 1 if any DEK could not be rotated.
+
+With --kms-url (or ENVELOPE_KMS_URL; a build with KMS support), the new key
+is the one the KMS holds at that URL: no key is made and --new-key does not
+apply. Step 2 records DEK_ENCRYPTION_KEY=<the key URL> and
+DEK_ENCRYPTION_KEY_PREVIOUS=<the old keys> (in --env-file, or printed), so
+the app and later runs reach the KMS key through the URL; step 1 also
+accepts DEKs already under the KMS key. Where the recorded primary already is
+that URL, nothing is recorded and what is left is re-encrypted under it.`,
 	flags: func(fs *flag.FlagSet, o *opts) {
 		o.batchFlags(fs)
 		fs.StringVar(&o.newKey, "new-key", "", "the new master `key` (default: make one)")
@@ -47,34 +55,58 @@ func runRotate(ctx context.Context, e *env, o *opts) error {
 	if o.resume && o.newKey != "" {
 		return usagef("rotate: --resume and --new-key exclude each other")
 	}
+	kms, toKMS := o.kmsRef()
+	if toKMS && o.newKey != "" {
+		return usagef("rotate: --kms-url and --new-key exclude each other: with --kms-url the new key is the KMS key")
+	}
 	cur, err := o.currentKeys(e)
 	if err != nil {
 		return err
 	}
-	curRing, err := cur.ring()
-	if err != nil {
-		return err
+	if cur.primary == "" && !toKMS {
+		return cur.noKey()
 	}
 	newKey := strings.TrimSpace(o.newKey)
 	switch {
+	case toKMS:
+		newKey = kms.text
+		if o.resume && newKey != cur.primary {
+			return usagef("rotate: --resume finishes a rotation to the recorded primary key, and --kms-url names another: leave out --resume to rotate to the KMS key")
+		}
 	case o.resume:
 		newKey = cur.primary
 	case newKey == "":
 		if newKey, err = dek.GenerateKey(); err != nil {
 			return err
 		}
+	case isURL(newKey):
+		return usagef("rotate: --new-key takes a Fernet key; for a key held in a KMS use --kms-url")
 	default:
-		if err := checkKey("--new-key", newKey); err != nil {
+		if _, err := o.openKey(ctx, e, keyRef{newKey, "--new-key"}); err != nil {
 			return err
 		}
 	}
-	var previous []string
-	for _, k := range cur.all() {
-		if k != newKey && !contains(previous, k) {
-			previous = append(previous, k)
-		}
+	// The current keys open every DEK before anything changes. With
+	// --kms-url they include the KMS key: DEKs already under it (a rotation
+	// to it that was interrupted, or apps that have it as primary) are fine.
+	curRefs := dedupe(cur.refs())
+	if toKMS {
+		curRefs = dedupe(append(curRefs, kms))
 	}
-	ring, err := dek.ParseKeyring(newKey, previous...)
+	curRing, err := o.openRing(ctx, e, curRefs)
+	if err != nil {
+		return err
+	}
+	newRef := keyRef{newKey, "--new-key"}
+	if toKMS {
+		newRef = kms
+	}
+	refs := withPrimary(newRef, cur.refs())
+	var previous []string
+	for _, r := range refs[1:] {
+		previous = append(previous, r.text)
+	}
+	ring, err := o.openRing(ctx, e, refs)
 	if err != nil {
 		return err
 	}
@@ -186,13 +218,4 @@ func runRotate(ctx context.Context, e *env, o *opts) error {
 		fmt.Fprintf(out, "%d profiles have no DEK yet: envelope backfill gives them one\n", st.Empty)
 	}
 	return nil
-}
-
-func contains(list []string, s string) bool {
-	for _, x := range list {
-		if x == s {
-			return true
-		}
-	}
-	return false
 }
