@@ -294,10 +294,15 @@ func (p *Plugin) createDEKs(tx *gorm.DB, owners []any, found map[any][]byte) err
 			return err
 		}
 		enc, err := p.keys.Seal(ctx, d)
-		clear(d[:])
 		if err != nil {
+			clear(d[:])
 			return err
 		}
+		// Remember the DEK by the bytes just sealed, so reading it back costs
+		// no master-key call. Safe even if these bytes are never stored
+		// (a lost race, a rollback): nothing will ever look them up.
+		p.opened.Put(string(enc), &ownerKey{c: token.New(d)})
+		clear(d[:])
 		if _, exists := found[o]; exists {
 			updates = append(updates, upd{o, enc})
 			continue

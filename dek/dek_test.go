@@ -155,3 +155,30 @@ func TestVectors(t *testing.T) {
 		}
 	}
 }
+
+type unavailable struct{}
+
+func (unavailable) Encrypt(context.Context, []byte) ([]byte, error) {
+	return nil, errors.New("kms unavailable")
+}
+func (unavailable) Decrypt(context.Context, []byte) ([]byte, error) {
+	return nil, errors.New("kms unavailable")
+}
+
+// A key that cannot be asked is not reported as "no key opens this DEK".
+func TestOpenReportsUnavailableKey(t *testing.T) {
+	k, _ := GenerateKey()
+	fk, _ := ParseKey(k)
+	other, _ := ParseKeyring(k)
+	d, _ := NewDEK()
+	sealed, _ := other.Seal(context.Background(), d)
+	r, _ := NewKeyring(unavailable{})
+	_, _, err := r.Open(context.Background(), sealed)
+	if err == nil || errors.Is(err, ErrDecrypt) || !strings.Contains(err.Error(), "kms unavailable") {
+		t.Fatalf("got %v, want the key's own error, not ErrDecrypt", err)
+	}
+	r, _ = NewKeyring(unavailable{}, fk)
+	if got, idx, err := r.Open(context.Background(), sealed); err != nil || got != d || idx != 1 {
+		t.Fatalf("second key: idx %d, %v", idx, err)
+	}
+}

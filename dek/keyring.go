@@ -124,7 +124,9 @@ func (r *Keyring) Open(ctx context.Context, encrypted []byte) (DEK, int, error) 
 		return d, i, nil
 	}
 	if firstErr != nil {
-		return DEK{}, -1, fmt.Errorf("%w: %w", ErrDecrypt, firstErr)
+		// A key could not be asked (a KMS outage, a timeout): that is not
+		// proof that no key opens the DEK, so it is not ErrDecrypt.
+		return DEK{}, -1, fmt.Errorf("envelope: open DEK: %w", firstErr)
 	}
 	return DEK{}, -1, fmt.Errorf("%w: no configured master key opens this DEK", ErrDecrypt)
 }

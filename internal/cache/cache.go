@@ -46,10 +46,11 @@ func (c *Cache[K, V]) Get(k K) (V, bool) {
 	if el, ok := c.items[k]; ok {
 		e := el.Value.(*entry[K, V])
 		if c.now().Before(e.expires) {
+			v := e.val // read under the lock: Put may update the entry in place
 			c.ll.MoveToFront(el)
 			c.mu.Unlock()
 			c.hits.Add(1)
-			return e.val, true
+			return v, true
 		}
 		c.ll.Remove(el)
 		delete(c.items, k)
