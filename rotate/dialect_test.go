@@ -168,3 +168,33 @@ func TestWriterLargeBatch(t *testing.T) {
 		}
 	})
 }
+
+// Every batch of a table with an integer key gets the bulk writer: the
+// first batch is read without bind parameters, which MySQL answers in its
+// text protocol, with BIGINT UNSIGNED keys as uint64.
+func TestBatchIDsAreInt64(t *testing.T) {
+	testdb.ForEach(t, func(t *testing.T, db *gorm.DB) {
+		t.Parallel()
+		ctx := context.Background()
+		w := newWorld(t, db)
+		w.seed(t, keyring(t, newKey(t)), 1, 5)
+		opts := Options{Keys: keyring(t, newKey(t)), Profile: &Profile{}, BatchSize: 2}
+		tg, err := opts.resolve(ctx, db)
+		if err != nil {
+			t.Fatal(err)
+		}
+		batches := 0
+		err = tg.scan(ctx, "", func(rows []row) error {
+			batches++
+			for _, r := range rows {
+				if _, ok := r.id.(int64); !ok {
+					t.Errorf("batch %d: id %v is a %T, want int64", batches, r.id, r.id)
+				}
+			}
+			return nil
+		})
+		if err != nil || batches != 3 {
+			t.Fatalf("%d batches, %v", batches, err)
+		}
+	})
+}

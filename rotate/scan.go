@@ -3,6 +3,7 @@ package rotate
 import (
 	"context"
 	"fmt"
+	"math"
 	"strings"
 
 	"gorm.io/gorm"
@@ -137,6 +138,14 @@ func normID(v any) any {
 		return int64(x)
 	case uint32:
 		return int64(x)
+	case uint64: // MySQL's BIGINT UNSIGNED, read without bind parameters
+		if x <= math.MaxInt64 {
+			return int64(x)
+		}
+	case uint:
+		if uint64(x) <= math.MaxInt64 {
+			return int64(x)
+		}
 	}
 	return v
 }
