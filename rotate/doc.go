@@ -39,7 +39,7 @@
 // to a derived table of the batch's (id, new, old) rows, 1000 rows per
 // statement; the affected-row count, and when it falls short a read-back in
 // the same transaction, says which rows were written. That measured about
-// three times faster than one UPDATE per row. SQLite, and non-integer
+// four to five times faster than one UPDATE per row. SQLite, and non-integer
 // primary keys anywhere, use one prepared conditional UPDATE per row inside
 // the batch's transaction, one batch at a time; on SQLite that measured
 // three times faster than one UPDATE … FROM (VALUES …) per batch.
