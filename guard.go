@@ -43,6 +43,7 @@ func (p *Plugin) guard(db *gorm.DB) {
 func (p *Plugin) comparedField(db *gorm.DB, m *modelMeta, exprs []clause.Expression) string {
 	for _, e := range exprs {
 		var col any
+		var sub []clause.Expression
 		switch x := e.(type) {
 		case clause.Eq:
 			col = x.Column
@@ -61,21 +62,16 @@ func (p *Plugin) comparedField(db *gorm.DB, m *modelMeta, exprs []clause.Express
 		case clause.Like:
 			col = x.Column
 		case clause.AndConditions:
-			if n := p.comparedField(db, m, x.Exprs); n != "" {
-				return n
-			}
+			sub = x.Exprs
 		case clause.OrConditions:
-			if n := p.comparedField(db, m, x.Exprs); n != "" {
-				return n
-			}
+			sub = x.Exprs
 		case clause.NotConditions:
-			if n := p.comparedField(db, m, x.Exprs); n != "" {
-				return n
-			}
+			sub = x.Exprs
 		case clause.Where:
-			if n := p.comparedField(db, m, x.Exprs); n != "" {
-				return n
-			}
+			sub = x.Exprs
+		}
+		if n := p.comparedField(db, m, sub); n != "" {
+			return n
 		}
 		if col == nil {
 			continue
