@@ -46,8 +46,8 @@ func (st *writeState) ownerFor(dst reflect.Value) any {
 // item is one plaintext a statement writes.
 type item struct {
 	owner any
-	col   string
-	name  string // model.field, for errors
+	m     *modelMeta
+	f     *schema.Field
 	plain string
 }
 
@@ -103,6 +103,9 @@ func (c *collector) walk(v reflect.Value) {
 	v = reflect.Indirect(v)
 	switch v.Kind() {
 	case reflect.Slice, reflect.Array:
+		if c.items == nil {
+			c.items = make([]item, 0, v.Len()*len(c.m.fields))
+		}
 		for i := 0; i < v.Len(); i++ {
 			c.walk(v.Index(i))
 		}
@@ -139,7 +142,7 @@ func (c *collector) walk(v reflect.Value) {
 				c.noOwner(m, ef.f)
 				return
 			}
-			c.items = append(c.items, item{owner: owner, col: ef.f.DBName, name: m.name + "." + ef.f.Name, plain: plain})
+			c.items = append(c.items, item{owner: owner, m: m, f: ef.f, plain: plain})
 		}
 	}
 }
@@ -214,7 +217,7 @@ func (c *collector) addMap(mv map[string]any) {
 			c.noOwner(m, f)
 			continue
 		}
-		c.items = append(c.items, item{owner: owner, col: f.DBName, name: m.name + "." + f.Name, plain: plain})
+		c.items = append(c.items, item{owner: owner, m: m, f: f, plain: plain})
 		c.edits = append(c.edits, edit{f: f, tmp: tmp,
 			put:  func(nv any) { mv[k] = nv },
 			undo: func() { mv[k] = v },
@@ -319,7 +322,7 @@ func (c *collector) onConflict() {
 			continue
 		}
 		setPlain(ef.f, tmp, ef.kind, plain)
-		c.items = append(c.items, item{owner: owner, col: ef.f.DBName, name: m.name + "." + ef.f.Name, plain: plain})
+		c.items = append(c.items, item{owner: owner, m: m, f: ef.f, plain: plain})
 		i := i
 		c.edits = append(c.edits, edit{f: ef.f, tmp: tmp, put: func(nv any) { set[i].Value = nv }})
 		changed = true
@@ -363,12 +366,12 @@ func (c *collector) finish() {
 	}
 	jobs := make([]job, 0, len(c.items))
 	for _, it := range c.items {
-		k := tokKey{col: it.col, owner: it.owner, plain: it.plain}
+		k := tokKey{col: it.f.DBName, owner: it.owner, plain: it.plain}
 		if _, done := st.tokens[k]; done {
 			continue
 		}
 		st.tokens[k] = ""
-		model, field, _ := strings.Cut(it.name, ".")
+		model, field := it.m.name, it.f.Name
 		if err := kerrs[it.owner]; err != nil {
 			c.fail(&FieldError{Model: model, Field: field, Owner: it.owner, Err: err})
 			continue
