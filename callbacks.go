@@ -545,11 +545,51 @@ func (p *Plugin) beforeUpdate(db *gorm.DB) {
 	}
 	c := &collector{p: p, db: db, m: m}
 	c.defOwner, c.ambig = p.modelOwner(db, m, db.Statement.ReflectValue)
+	c.checkOwnerChange(db.Statement.Dest)
 	if !c.addMaps(db.Statement.Dest) {
 		c.checkArgType(reflect.ValueOf(db.Statement.Dest))
 		c.walk(reflect.ValueOf(db.Statement.Dest))
 	}
 	c.finish()
+}
+
+// checkOwnerChange refuses a partial update that moves a row to another
+// owner: the encrypted fields it does not rewrite would stay under the old
+// owner's DEK, unreadable as the new owner's. (Save rewrites every field
+// and may change the owner.)
+func (c *collector) checkOwnerChange(dest any) {
+	if c.defOwner == nil || c.m.owner == nil {
+		return
+	}
+	var raw any
+	switch d := dest.(type) {
+	case map[string]any:
+		if v, ok := d[c.m.owner.Name]; ok {
+			raw = v
+		} else if v, ok := d[c.m.owner.DBName]; ok {
+			raw = v
+		}
+	default:
+		if dest == nil || reflect.TypeOf(dest).Comparable() && dest == c.db.Statement.Model {
+			return // Save, or Updates of the model itself: every field is written
+		}
+		v := reflect.Indirect(reflect.ValueOf(dest))
+		if v.Kind() == reflect.Struct {
+			if am := c.p.metaOfType(c.db, v.Type()); am != nil {
+				raw = am.ownerOf(v)
+			}
+		}
+	}
+	if raw == nil {
+		return
+	}
+	tmp := reflect.New(c.db.Statement.Schema.ModelType).Elem()
+	if err := c.m.owner.Set(c.db.Statement.Context, tmp, raw); err != nil {
+		return
+	}
+	if o := c.m.ownerOf(tmp); o != nil && o != c.defOwner {
+		c.fail(&FieldError{Model: c.m.name, Field: c.m.owner.Name, Owner: c.defOwner, Err: fmt.Errorf("%w: a partial update cannot move a row with encrypted fields to another owner (its other encrypted fields would stay under the old owner's DEK); use Save with every field", ErrUnsafe)})
+	}
 }
 
 // checkArgType refuses an Updates argument of another struct type whose

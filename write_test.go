@@ -322,3 +322,29 @@ func TestTableOnlyWritesRefused(t *testing.T) {
 		}
 	})
 }
+
+// A partial update may not move a row to another owner; Save may.
+func TestOwnerChange(t *testing.T) {
+	testdb.ForEach(t, func(t *testing.T, db *gorm.DB) {
+		setup(t, db, newKeys(t))
+		c := &Credential{UserID: 1, Password: "p", APIKey: ptr("k")}
+		must(t, db.Create(c).Error)
+		for name, res := range map[string]*gorm.DB{
+			"Update":        db.Model(c).Update("user_id", 2),
+			"UpdatesMap":    db.Model(c).Updates(map[string]any{"UserID": "2", "password": "q"}),
+			"UpdatesStruct": db.Model(c).Updates(Credential{UserID: 2}),
+		} {
+			if !errors.Is(res.Error, envelope.ErrUnsafe) {
+				t.Errorf("%s: %v, want ErrUnsafe", name, res.Error)
+			}
+		}
+		must(t, db.Model(c).Updates(map[string]any{"user_id": 1, "password": "same owner"}).Error)
+		c.UserID = 2
+		must(t, db.Save(c).Error)
+		var got Credential
+		must(t, db.First(&got, c.ID).Error)
+		if got.UserID != 2 || got.Password != "same owner" || *got.APIKey != "k" {
+			t.Fatalf("after Save to a new owner: %+v", got)
+		}
+	})
+}
