@@ -3,6 +3,7 @@ package rotate
 import (
 	"context"
 	"crypto/subtle"
+	"errors"
 	"fmt"
 	"runtime"
 	"strings"
@@ -121,12 +122,22 @@ func Run(ctx context.Context, db *gorm.DB, opts Options) (Result, error) {
 		}
 	})
 	if err != nil {
-		return res, err
+		return res, interrupted(ctx, err)
 	}
 	if res.Failed > 0 {
 		return res, &FailedError{Op: "rotate", Count: res.Failed}
 	}
 	return res, nil
+}
+
+// interrupted makes an error caused by ctx ending match ctx.Err(): when
+// the context is cancelled, database/sql rolls the open transaction back,
+// and the batch's commit then fails with sql.ErrTxDone instead.
+func interrupted(ctx context.Context, err error) error {
+	if cerr := ctx.Err(); cerr != nil && !errors.Is(err, cerr) {
+		return fmt.Errorf("%w: %w", cerr, err)
+	}
+	return err
 }
 
 func (r *Result) add(d Result) {

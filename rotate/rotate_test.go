@@ -173,9 +173,12 @@ func TestRunResumes(t *testing.T) {
 		}
 		w.check(t, keys, -1)
 
+		// A batch whose commit was already on its way when the context ended
+		// may still land on the server after Run returned (PostgreSQL), so
+		// the rerun may find a few more done than the count above.
 		res, err = Run(context.Background(), db, Options{Keys: keys, Profile: &Profile{}, BatchSize: 20})
-		if err != nil || res.Rotated != 100-done || res.AlreadyCurrent != done {
-			t.Fatalf("rerun: %+v, %v", res, err)
+		if err != nil || res.Rotated+res.AlreadyCurrent != 100 || res.Rotated > 100-done || res.AlreadyCurrent < done {
+			t.Fatalf("rerun: %+v, %v (after %d done)", res, err, done)
 		}
 		w.check(t, keyring(t, newK), 0)
 	})

@@ -150,5 +150,5 @@ func Backfill(ctx context.Context, db *gorm.DB, opts Options) (int, error) {
 		}
 		return nil
 	})
-	return given, err
+	return given, interrupted(ctx, err)
 }
