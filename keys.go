@@ -92,6 +92,13 @@ func (p *Plugin) resolve(db *gorm.DB, owners []any, create bool) (map[any]*owner
 		return nil, nil, err
 	}
 	loaded := make(map[any]*ownerKey, len(missing))
+	openInto := func(o any, enc []byte) {
+		if k, err := p.open(ctx, enc); err != nil {
+			errs = setErr(errs, o, err)
+		} else {
+			loaded[o] = k
+		}
+	}
 	var toCreate []any
 	for _, o := range missing {
 		enc := found[o]
@@ -104,12 +111,7 @@ func (p *Plugin) resolve(db *gorm.DB, owners []any, create bool) (map[any]*owner
 			}
 			continue
 		}
-		k, err := p.open(ctx, enc)
-		if err != nil {
-			errs = setErr(errs, o, err)
-			continue
-		}
-		loaded[o] = k
+		openInto(o, enc)
 	}
 	if len(toCreate) > 0 {
 		// One order for every writer, so concurrent inserts of several
@@ -131,12 +133,7 @@ func (p *Plugin) resolve(db *gorm.DB, owners []any, create bool) (map[any]*owner
 				errs = setErr(errs, o, errors.New("envelope: the owner's new DEK is not visible to this transaction (isolation above READ COMMITTED?)"))
 				continue
 			}
-			k, err := p.open(ctx, enc)
-			if err != nil {
-				errs = setErr(errs, o, err)
-				continue
-			}
-			loaded[o] = k
+			openInto(o, enc)
 		}
 	}
 	switch modeOf(db) {
