@@ -61,6 +61,20 @@ func (c *Cache[K, V]) Get(k K) (V, bool) {
 	return zero, false
 }
 
+// Peek returns the live value for k without counting a hit or a miss and
+// without refreshing its place in the LRU order.
+func (c *Cache[K, V]) Peek(k K) (V, bool) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if el, ok := c.items[k]; ok {
+		if e := el.Value.(*entry[K, V]); c.now().Before(e.expires) {
+			return e.val, true
+		}
+	}
+	var zero V
+	return zero, false
+}
+
 // Put stores v for k, evicting the least recently used entry when full.
 func (c *Cache[K, V]) Put(k K, v V) {
 	if c.max <= 0 || c.ttl <= 0 {

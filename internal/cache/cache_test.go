@@ -87,3 +87,28 @@ func TestConcurrent(t *testing.T) {
 		t.Fatalf("%d entries, bound is 50", n)
 	}
 }
+
+func TestPeek(t *testing.T) {
+	now := time.Unix(1000, 0)
+	c := New[int, string](2, time.Minute)
+	c.now = func() time.Time { return now }
+	c.Put(1, "a")
+	c.Put(2, "b")
+	if v, ok := c.Peek(1); !ok || v != "a" {
+		t.Fatalf("Peek(1) = %q, %v", v, ok)
+	}
+	if _, ok := c.Peek(9); ok {
+		t.Fatal("Peek found a missing key")
+	}
+	if s := c.Stats(); s.Hits != 0 || s.Misses != 0 {
+		t.Fatalf("Peek counted: %+v", s)
+	}
+	c.Put(3, "c") // Peek did not refresh 1: it is still the oldest
+	if _, ok := c.Peek(1); ok {
+		t.Fatal("Peek moved the entry in the LRU order")
+	}
+	now = now.Add(2 * time.Minute)
+	if _, ok := c.Peek(3); ok {
+		t.Fatal("Peek served an expired entry")
+	}
+}
