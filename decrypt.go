@@ -7,6 +7,7 @@ import (
 	"runtime"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"unsafe"
 
 	"github.com/gorm-envelope/envelope/internal/token"
@@ -19,6 +20,7 @@ type target struct {
 	m     *modelMeta
 	v     reflect.Value
 	owner any
+	row   int // index in the result slice; -1 for a joined struct
 }
 
 // joinPath is a chain of has-one/belongs-to relationships loaded by Joins.
@@ -54,6 +56,8 @@ func joinPaths(stmt *gorm.Statement) []joinPath {
 // statement returns one error naming model, field and owner.
 func (p *Plugin) afterQuery(db *gorm.DB) {
 	stmt := db.Statement
+	rs := endPipeline(stmt)
+	defer rs.release()
 	// Nothing was scanned (no row, or the statement was refused before any
 	// SQL): the destination holds only what the caller put there.
 	if stmt.Schema == nil || !stmt.ReflectValue.IsValid() || db.RowsAffected == 0 {
@@ -87,14 +91,18 @@ func (p *Plugin) afterQuery(db *gorm.DB) {
 		return
 	}
 
-	var targets []target
+	n := 1
+	if rv.Kind() != reflect.Struct {
+		n = rv.Len()
+	}
+	targets := make([]target, 0, n*(1+len(joins)))
 	owners := map[any]struct{}{}
-	add := func(m *modelMeta, v reflect.Value) {
+	add := func(m *modelMeta, v reflect.Value, row int) {
 		if m == nil || len(m.fields) == 0 {
 			return
 		}
 		o := m.ownerOf(v)
-		targets = append(targets, target{m: m, v: v, owner: o})
+		targets = append(targets, target{m: m, v: v, owner: o, row: row})
 		if o == nil {
 			return
 		}
@@ -105,13 +113,13 @@ func (p *Plugin) afterQuery(db *gorm.DB) {
 			}
 		}
 	}
-	visit := func(v reflect.Value) {
+	visit := func(v reflect.Value, row int) {
 		v = reflect.Indirect(v)
 		if v.Kind() != reflect.Struct {
 			return
 		}
 		if elemType == v.Type() {
-			add(m, v)
+			add(m, v, row)
 		}
 		for _, path := range joins {
 			nv := v
@@ -128,15 +136,15 @@ func (p *Plugin) afterQuery(db *gorm.DB) {
 				}
 			}
 			if nv.IsValid() {
-				add(p.metaOf(path[len(path)-1].FieldSchema), nv)
+				add(p.metaOf(path[len(path)-1].FieldSchema), nv, -1)
 			}
 		}
 	}
 	if rv.Kind() == reflect.Struct {
-		visit(rv)
+		visit(rv, -1)
 	} else {
 		for i := 0; i < rv.Len(); i++ {
-			visit(rv.Index(i))
+			visit(rv.Index(i), i)
 		}
 	}
 	if len(targets) == 0 {
@@ -168,7 +176,7 @@ func (p *Plugin) afterQuery(db *gorm.DB) {
 			}
 		}
 	}
-	errs = p.decryptAll(targets, keys, kerrs)
+	errs = p.decryptAll(targets, keys, kerrs, rs)
 	if len(errs) > 0 {
 		db.AddError(join(errs))
 	}
@@ -205,13 +213,17 @@ func parallel(n int, fn func(w, lo, hi int)) {
 // Each goroutine owns a contiguous range of rows, and the errors are
 // returned in row order, so results and errors are the same whatever the
 // number of cores.
-func (p *Plugin) decryptAll(targets []target, keys map[any]*ownerKey, kerrs map[any]error) []error {
+func (p *Plugin) decryptAll(targets []target, keys map[any]*ownerKey, kerrs map[any]error, rs *readState) []error {
 	parts := make([][]error, max(runtime.GOMAXPROCS(0), 1))
+	var pipelined atomic.Uint64
 	parallel(len(targets), func(w, lo, hi int) {
+		var used uint64
 		for _, t := range targets[lo:hi] {
-			parts[w] = p.decryptTarget(t, keys, kerrs, parts[w])
+			parts[w] = p.decryptTarget(t, keys, kerrs, rs, &used, parts[w])
 		}
+		pipelined.Add(used)
 	})
+	p.pipelined.Add(pipelined.Load())
 	var errs []error
 	for _, part := range parts {
 		errs = append(errs, part...)
@@ -257,7 +269,12 @@ func zeroTokens(t target) {
 	}
 }
 
-func (p *Plugin) decryptTarget(t target, keys map[any]*ownerKey, kerrs map[any]error, errs []error) []error {
+func (p *Plugin) decryptTarget(t target, keys map[any]*ownerKey, kerrs map[any]error, rs *readState, used *uint64, errs []error) []error {
+	var (
+		k      *ownerKey
+		kerr   error
+		looked bool
+	)
 	for i := range t.m.fields {
 		ef := &t.m.fields[i]
 		fv, ok := fieldValue(ef.f, t.v)
@@ -288,11 +305,13 @@ func (p *Plugin) decryptTarget(t target, keys map[any]*ownerKey, kerrs map[any]e
 			}
 			continue
 		}
-		if err := kerrs[t.owner]; err != nil {
-			fail(err)
+		if !looked { // once per row, not per field
+			k, kerr, looked = keys[t.owner], kerrs[t.owner], true
+		}
+		if kerr != nil {
+			fail(kerr)
 			continue
 		}
-		k := keys[t.owner]
 		if k == nil {
 			fail(fmt.Errorf("%w: owner has no DEK", ErrDecrypt))
 			continue
@@ -301,7 +320,13 @@ func (p *Plugin) decryptTarget(t target, keys map[any]*ownerKey, kerrs map[any]e
 			fail(ErrShredded)
 			continue
 		}
-		msg, err := k.c.DecryptString(b)
+		msg, ok := rs.opened(t.row, i, k, b)
+		var err error
+		if ok {
+			*used++
+		} else {
+			msg, err = k.c.DecryptString(b)
+		}
 		if err != nil {
 			fail(fmt.Errorf("%w: token does not open under the owner's DEK", ErrDecrypt))
 			continue

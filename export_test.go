@@ -1,5 +1,7 @@
 package envelope
 
+import "context"
+
 // PurgeCacheForTest empties p's DEK cache (benchmarks of cold reads).
 func PurgeCacheForTest(p *Plugin) {
 	p.cache.Purge()
@@ -12,4 +14,22 @@ func SetParallelMinForTest(n int) func() {
 	old := parallelMin
 	parallelMin = n
 	return func() { parallelMin = old }
+}
+
+// PipelinedForTest returns how many values p decrypted while their result
+// was being scanned.
+func PipelinedForTest(p *Plugin) uint64 { return p.pipelined.Load() }
+
+// SetPipelineForTest switches decrypting while scanning on or off, and
+// returns a function that restores it.
+func SetPipelineForTest(on bool) func() {
+	old := pipelineOn
+	pipelineOn = on
+	return func() { pipelineOn = old }
+}
+
+// PipelineInContext reports whether ctx still holds a query's pipeline.
+func PipelineInContext(ctx context.Context) bool {
+	_, ok := ctx.Value(readKey{}).(*readState)
+	return ok
 }

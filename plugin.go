@@ -79,6 +79,7 @@ type Plugin struct {
 	opening singleflight.Group              // concurrent opens of one stored DEK
 
 	plaintextReads atomic.Uint64
+	pipelined      atomic.Uint64 // values decrypted while the result was scanned
 
 	once    sync.Once
 	initErr error
@@ -194,6 +195,7 @@ func (p *Plugin) register(db *gorm.DB) error {
 		{"envelope:before_update", cb.Update().After("gorm:save_before_associations").Before("gorm:update").Register("envelope:before_update", p.beforeUpdate)},
 		{"envelope:after_update", cb.Update().After("gorm:commit_or_rollback_transaction").Register("envelope:after_update", p.afterWrite)},
 		{"envelope:guard_query", cb.Query().Before("gorm:query").Register("envelope:guard_query", p.guard)},
+		{"envelope:before_query", cb.Query().After("envelope:guard_query").Before("gorm:query").Register("envelope:before_query", p.beforeQuery)},
 		{"envelope:guard_row", cb.Row().Before("gorm:row").Register("envelope:guard_row", p.guard)},
 		{"envelope:guard_update", cb.Update().Before("gorm:update").Register("envelope:guard_update", p.guard)},
 		{"envelope:guard_delete", cb.Delete().Before("gorm:delete").Register("envelope:guard_delete", p.guard)},

@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"reflect"
+	"unsafe"
 
 	"gorm.io/gorm/schema"
 )
@@ -22,41 +23,57 @@ type Serializer struct{}
 // Scan stores the raw column value (a token, or NULL) in the field.
 func (Serializer) Scan(ctx context.Context, field *schema.Field, dst reflect.Value, dbValue any) error {
 	fv := field.ReflectValueOf(ctx, dst)
+	var tok string
+	var err error
 	switch v := dbValue.(type) {
 	case nil:
 		fv.Set(reflect.Zero(field.FieldType))
-		return nil
 	case string:
-		return setRaw(fv, field, v, nil)
+		tok, err = setRaw(fv, field, v, nil)
 	case []byte:
-		return setRaw(fv, field, "", v)
-	}
-	return fmt.Errorf("envelope: %s.%s: unexpected column value type %T", field.Schema.Name, field.Name, dbValue)
-}
-
-func setRaw(fv reflect.Value, field *schema.Field, s string, b []byte) error {
-	switch field.FieldType {
-	case typeString:
-		if b != nil {
-			s = string(b)
-		}
-		fv.SetString(s)
-	case typeStringPtr:
-		if b != nil {
-			s = string(b)
-		}
-		fv.Set(reflect.ValueOf(&s))
-	case typeBytes:
-		if b == nil {
-			b = []byte(s)
-		} else {
-			b = append([]byte(nil), b...) // the driver may reuse its buffer
-		}
-		fv.SetBytes(b)
+		tok, err = setRaw(fv, field, "", v)
 	default:
-		return fmt.Errorf("envelope: %s.%s: serializer:envelope supports string, *string and []byte, not %s", field.Schema.Name, field.Name, field.FieldType)
+		err = fmt.Errorf("envelope: %s.%s: unexpected column value type %T", field.Schema.Name, field.Name, dbValue)
+	}
+	if err != nil {
+		return err
+	}
+	if rs, ok := ctx.Value(readKey{}).(*readState); ok {
+		rs.scanned(field, dst, tok)
 	}
 	return nil
+}
+
+// setRaw stores the column value (s, or b when not nil) in the field and
+// returns the stored text; for a []byte field it shares the field's memory
+// (it is only read).
+func setRaw(fv reflect.Value, field *schema.Field, s string, b []byte) (string, error) {
+	switch field.FieldType {
+	case typeString, typeStringPtr:
+		if b != nil {
+			s = string(b)
+		}
+		if field.FieldType == typeString {
+			fv.SetString(s)
+		} else {
+			ps := new(string) // only this case allocates: s itself does not escape
+			*ps = s
+			fv.Set(reflect.ValueOf(ps))
+		}
+		return s, nil
+	case typeBytes:
+		if b != nil {
+			b = append([]byte(nil), b...) // the driver may reuse its buffer
+		} else {
+			b = []byte(s)
+		}
+		fv.SetBytes(b)
+		if len(b) == 0 {
+			return "", nil
+		}
+		return unsafe.String(&b[0], len(b)), nil
+	}
+	return "", fmt.Errorf("envelope: %s.%s: serializer:envelope supports string, *string and []byte, not %s", field.Schema.Name, field.Name, field.FieldType)
 }
 
 // Value returns the token that the plugin's before-write callback prepared

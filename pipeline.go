@@ -1,0 +1,253 @@
+package envelope
+
+import (
+	"context"
+	"reflect"
+	"runtime"
+	"sync"
+	"unsafe"
+
+	"github.com/gorm-envelope/envelope/internal/token"
+	"gorm.io/gorm"
+	"gorm.io/gorm/schema"
+)
+
+// Decrypting while scanning.
+//
+// GORM scans a result row by row on one goroutine, and afterQuery can only
+// start once the last row is in. For a Find into a new slice, the
+// serializer's Scan hands the tokens of every pipeRows complete rows to a
+// worker goroutine, which decrypts them on another core while the scan
+// goes on, with DEKs already in the cache. afterQuery then uses a worker's
+// plaintext only when it resolved the very same key for the row's owner and
+// the field still holds the very same token string; anything else (a cold
+// owner, a shredded one, a row GORM did not scan into a new struct) takes
+// the ordinary path, so the result and its errors do not depend on what the
+// workers managed to do.
+
+// pipeRows is the number of rows in one batch handed to a worker.
+const pipeRows = 256
+
+type readKey struct{}
+
+// pipelineOn switches the pipeline (tests compare results without it).
+var pipelineOn = true
+
+type pipeItem struct {
+	tok string    // the token as scanned, "" for NULL
+	k   *ownerKey // the key that opened it; nil if the worker did not
+	msg []byte
+}
+
+type pipeBatch struct {
+	rows   []reflect.Value // per row: the new struct GORM scanned it into
+	owners []any           // per row, filled by the worker
+	items  []pipeItem      // row*nf + field index
+}
+
+// readState is one query's pipeline; it lives in the statement's context
+// from the before-query callback to afterQuery.
+type readState struct {
+	p      *Plugin
+	m      *modelMeta
+	stmt   *gorm.Statement
+	parent context.Context
+	nf     int
+	next   int // the field index expected next
+
+	off     bool    // the scan is not one row per new struct: do nothing
+	cur     uintptr // the address of the row being scanned
+	rows    int     // rows begun in the current batch
+	batch   *pipeBatch
+	sent    []*pipeBatch // dispatched batches, in row order
+	ch      chan *pipeBatch
+	workers int
+	wg      sync.WaitGroup
+}
+
+// beforeQuery starts a pipeline for a Find into a slice of the statement's
+// model, whose rows GORM scans into new structs.
+func (p *Plugin) beforeQuery(db *gorm.DB) {
+	stmt := db.Statement
+	if db.Error != nil || p.keys == nil || db.DryRun || stmt.Schema == nil || len(stmt.Joins) > 0 || !stmt.ReflectValue.IsValid() {
+		return
+	}
+	rv := reflect.Indirect(stmt.ReflectValue)
+	if rv.Kind() != reflect.Slice || rv.Len() != 0 {
+		return
+	}
+	et := rv.Type().Elem()
+	if et.Kind() == reflect.Pointer {
+		et = et.Elem()
+	}
+	if et != stmt.Schema.ModelType {
+		return
+	}
+	m := p.metaOf(stmt.Schema)
+	if !pipelineOn || m.err != nil || len(m.fields) == 0 || m.owner == nil || runtime.GOMAXPROCS(0) < 2 {
+		return
+	}
+	rs := &readState{p: p, m: m, stmt: stmt, parent: stmt.Context, nf: len(m.fields)}
+	stmt.Context = context.WithValue(stmt.Context, readKey{}, rs)
+}
+
+// endPipeline removes the statement's pipeline from its context and waits
+// for its workers; nil when the statement has none.
+func endPipeline(stmt *gorm.Statement) *readState {
+	rs, _ := stmt.Context.Value(readKey{}).(*readState)
+	if rs == nil || rs.stmt != stmt {
+		return nil
+	}
+	stmt.Context = rs.parent
+	if rs.ch != nil {
+		close(rs.ch)
+	}
+	rs.wg.Wait()
+	if rs.off {
+		rs.release()
+		return nil
+	}
+	return rs
+}
+
+// scanned records the token GORM just scanned into field of the row dst.
+func (rs *readState) scanned(field *schema.Field, dst reflect.Value, tok string) {
+	if rs.off {
+		return
+	}
+	// GORM scans a row's fields in one order: try the one after the last.
+	j := rs.next
+	if rs.m.fields[j].f != field {
+		j = -1
+		for i := range rs.m.fields {
+			if rs.m.fields[i].f == field {
+				j = i
+				break
+			}
+		}
+		if j < 0 {
+			return
+		}
+	}
+	rs.next = (j + 1) % rs.nf
+	if dst.Kind() != reflect.Pointer {
+		rs.off = true
+		return
+	}
+	if p := dst.Pointer(); p != rs.cur {
+		// A new row: every earlier row is complete.
+		if rs.batch == nil || rs.rows == pipeRows {
+			if rs.batch != nil {
+				rs.dispatch()
+			}
+			rs.batch = getBatch(rs.nf)
+			rs.rows = 0
+		}
+		rs.cur = p
+		rs.batch.rows[rs.rows] = dst
+		rs.rows++
+	}
+	rs.batch.items[(rs.rows-1)*rs.nf+j].tok = tok
+}
+
+var batchPool sync.Pool
+
+func getBatch(nf int) *pipeBatch {
+	if b, ok := batchPool.Get().(*pipeBatch); ok && len(b.items) == pipeRows*nf {
+		return b
+	}
+	return &pipeBatch{rows: make([]reflect.Value, pipeRows), owners: make([]any, pipeRows), items: make([]pipeItem, pipeRows*nf)}
+}
+
+// release returns the pipeline's batches to the pool, holding nothing of
+// the result.
+func (rs *readState) release() {
+	if rs == nil {
+		return
+	}
+
+	for _, b := range append(rs.sent, rs.batch) {
+		if b != nil {
+			clear(b.rows)
+			clear(b.owners)
+			clear(b.items)
+			batchPool.Put(b)
+		}
+	}
+	rs.sent, rs.batch = nil, nil
+}
+
+// dispatch queues the current batch for the workers, starting one more
+// worker while there are fewer than GOMAXPROCS-1: the scanning goroutine
+// keeps a core of its own, and a batch never waits behind it.
+func (rs *readState) dispatch() {
+	b := rs.batch
+	rs.sent = append(rs.sent, b)
+	if rs.ch == nil {
+		rs.ch = make(chan *pipeBatch, 64)
+	}
+	if rs.workers < max(runtime.GOMAXPROCS(0)-1, 1) {
+		rs.workers++
+		rs.wg.Add(1)
+		go func() {
+			defer rs.wg.Done()
+			for b := range rs.ch {
+				rs.work(b)
+			}
+		}()
+	}
+	rs.ch <- b
+}
+
+// work decrypts a batch with the DEKs the cache holds. The batch's rows
+// are complete and the scan no longer writes them, so their owners can be
+// read here. It only reads the cache (no counters, no LRU refresh):
+// afterQuery resolves the keys as usual and takes a result only if it got
+// the same key.
+func (rs *readState) work(b *pipeBatch) {
+	keys := make(map[any]*ownerKey)
+	for r, v := range b.rows {
+		if !v.IsValid() {
+			break
+		}
+		o := rs.m.ownerOf(v)
+		b.owners[r] = o
+		if o == nil {
+			continue
+		}
+		k, seen := keys[o]
+		if !seen {
+			k, _ = rs.p.cache.Peek(o)
+			keys[o] = k
+		}
+		if k == nil || k.shredded || k.c == nil {
+			continue
+		}
+		for i := range b.items[r*rs.nf : (r+1)*rs.nf] {
+			it := &b.items[r*rs.nf+i]
+			if it.tok == "" || !token.LooksLikeString(it.tok) {
+				continue
+			}
+			if msg, err := k.c.DecryptString(it.tok); err == nil {
+				it.k, it.msg = k, msg
+			}
+		}
+	}
+}
+
+// opened returns the plaintext a worker got for field j of result row r
+// under key k, if it decrypted exactly the token tok.
+func (rs *readState) opened(r, j int, k *ownerKey, tok string) ([]byte, bool) {
+	if rs == nil || r < 0 || k == nil {
+		return nil, false
+	}
+	bi := r / pipeRows
+	if bi >= len(rs.sent) {
+		return nil, false
+	}
+	it := &rs.sent[bi].items[(r%pipeRows)*rs.nf+j]
+	if it.k != k || len(it.tok) != len(tok) || len(tok) == 0 || unsafe.StringData(it.tok) != unsafe.StringData(tok) {
+		return nil, false
+	}
+	return it.msg, true
+}
