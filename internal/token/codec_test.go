@@ -32,7 +32,7 @@ func TestSameBytesAsFernetGo(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		got, err := c.encryptWithIV(msg, at, [16]byte(raw[9:25]))
+		got, err := c.EncryptIV(msg, at.Unix(), (*[16]byte)(raw[9:25]))
 		if err != nil {
 			t.Fatal(err)
 		}

@@ -147,9 +147,16 @@ func (c *Cipher) EncryptAt(msg []byte, at time.Time) ([]byte, error) {
 	return c.seal(msg, at.Unix(), nil)
 }
 
-// encryptWithIV is EncryptAt with a chosen IV, for tests.
-func (c *Cipher) encryptWithIV(msg []byte, at time.Time, iv [blockSize]byte) ([]byte, error) {
-	return c.seal(msg, at.Unix(), &iv)
+// IVSize is the length of a token's IV.
+const IVSize = blockSize
+
+// EncryptIV returns the token text for msg with timestamp ts (Unix
+// seconds) and the given IV. The IV must come from a cryptographically
+// secure source and never be used twice: this lets a caller that encrypts
+// many values read all their IVs from crypto/rand at once and read the
+// clock once.
+func (c *Cipher) EncryptIV(msg []byte, ts int64, iv *[IVSize]byte) ([]byte, error) {
+	return c.seal(msg, ts, iv)
 }
 
 // seal builds the token for msg; a nil iv means a random one.
