@@ -2,10 +2,12 @@ package envelope
 
 import (
 	"context"
+	"crypto/rand"
 	"fmt"
 	"reflect"
 	"strings"
 	"sync"
+	"time"
 	"unsafe"
 
 	"github.com/gorm-envelope/envelope/dek"
@@ -30,7 +32,36 @@ type writeState struct {
 	p        *Plugin
 	db       *gorm.DB
 	defOwner any
-	tokens   map[tokKey]string
+	items    []item
+	toks     []string          // toks[i] is the token of items[i]
+	byAddr   map[uintptr]int32 // an addressable field's address -> its item
+	byValue  map[tokKey]string // built on first use, for any other value
+}
+
+// token returns the token prepared for the value plain of field, held at
+// fv in the struct dst. A value is found by its field's address, and only
+// if it is still the same column, plaintext and owner; else by column,
+// owner and plaintext.
+func (st *writeState) token(field *schema.Field, dst, fv reflect.Value, plain string) (string, any, bool) {
+	owner := st.ownerFor(dst)
+	if fv.IsValid() && fv.CanAddr() {
+		if i, ok := st.byAddr[fv.UnsafeAddr()]; ok {
+			if it := &st.items[i]; it.f.DBName == field.DBName && it.plain == plain && it.owner == owner {
+				return st.toks[i], owner, true
+			}
+		}
+	}
+	if st.byValue == nil {
+		st.byValue = make(map[tokKey]string, len(st.items))
+		for i, it := range st.items {
+			k := tokKey{col: it.f.DBName, owner: it.owner, plain: it.plain}
+			if _, dup := st.byValue[k]; !dup {
+				st.byValue[k] = st.toks[i]
+			}
+		}
+	}
+	tok, ok := st.byValue[tokKey{col: field.DBName, owner: owner, plain: plain}]
+	return tok, owner, ok
 }
 
 func (st *writeState) ownerFor(dst reflect.Value) any {
@@ -49,6 +80,7 @@ type item struct {
 	m     *modelMeta
 	f     *schema.Field
 	plain string
+	addr  uintptr // the address of the field holding it; 0 if none
 }
 
 // edit is a map entry or clause value replaced by a serializer value for
@@ -142,9 +174,16 @@ func (c *collector) walk(v reflect.Value) {
 				c.noOwner(m, ef.f)
 				return
 			}
-			c.items = append(c.items, item{owner: owner, m: m, f: ef.f, plain: plain})
+			c.items = append(c.items, item{owner: owner, m: m, f: ef.f, plain: plain, addr: addrOf(fv)})
 		}
 	}
+}
+
+func addrOf(fv reflect.Value) uintptr {
+	if fv.CanAddr() {
+		return fv.UnsafeAddr()
+	}
+	return 0
 }
 
 func plainOfValue(fv reflect.Value, k valueKind) (string, bool) {
@@ -208,7 +247,7 @@ func (c *collector) addMap(mv map[string]any) {
 				}
 			}
 		}
-		setPlain(ef.f, tmp, ef.kind, plain)
+		fv := setPlain(ef.f, tmp, ef.kind, plain)
 		owner := m.ownerOf(tmp)
 		if owner == nil {
 			owner = c.defOwner
@@ -217,7 +256,7 @@ func (c *collector) addMap(mv map[string]any) {
 			c.noOwner(m, f)
 			continue
 		}
-		c.items = append(c.items, item{owner: owner, m: m, f: f, plain: plain})
+		c.items = append(c.items, item{owner: owner, m: m, f: f, plain: plain, addr: addrOf(fv)})
 		c.edits = append(c.edits, edit{f: f, tmp: tmp,
 			put:  func(nv any) { mv[k] = nv },
 			undo: func() { mv[k] = v },
@@ -225,7 +264,7 @@ func (c *collector) addMap(mv map[string]any) {
 	}
 }
 
-func setPlain(f *schema.Field, tmp reflect.Value, k valueKind, plain string) {
+func setPlain(f *schema.Field, tmp reflect.Value, k valueKind, plain string) reflect.Value {
 	fv, _ := fieldValue(f, tmp)
 	switch k {
 	case kindString:
@@ -236,6 +275,7 @@ func setPlain(f *schema.Field, tmp reflect.Value, k valueKind, plain string) {
 	case kindBytes:
 		fv.SetBytes([]byte(plain))
 	}
+	return fv
 }
 
 // mapPlain extracts a plaintext from a map or clause value. Expressions
@@ -321,8 +361,8 @@ func (c *collector) onConflict() {
 			c.fail(&FieldError{Model: m.name, Field: ef.f.Name, Err: fmt.Errorf("%w: %v", ErrNoOwner, err)})
 			continue
 		}
-		setPlain(ef.f, tmp, ef.kind, plain)
-		c.items = append(c.items, item{owner: owner, m: m, f: ef.f, plain: plain})
+		fv := setPlain(ef.f, tmp, ef.kind, plain)
+		c.items = append(c.items, item{owner: owner, m: m, f: ef.f, plain: plain, addr: addrOf(fv)})
 		i := i
 		c.edits = append(c.edits, edit{f: ef.f, tmp: tmp, put: func(nv any) { set[i].Value = nv }})
 		changed = true
@@ -357,42 +397,60 @@ func (c *collector) finish() {
 		db.AddError(err)
 		return
 	}
-	st := &writeState{p: c.p, db: db, defOwner: c.defOwner, tokens: make(map[tokKey]string, len(c.items))}
-	// Distinct values, each with its owner's cipher; then encrypt them, on
-	// several cores for a large statement.
-	type job struct {
-		k tokKey
-		c *token.Cipher
+	// Every value gets its own token (random IV), so equal plaintexts do
+	// not show as equal tokens. Errors are reported once per owner and
+	// field.
+	ciphers := make([]*token.Cipher, len(c.items))
+	type failKey struct {
+		owner any
+		f     *schema.Field
 	}
-	jobs := make([]job, 0, len(c.items))
-	for _, it := range c.items {
-		k := tokKey{col: it.f.DBName, owner: it.owner, plain: it.plain}
-		if _, done := st.tokens[k]; done {
+	var failed map[failKey]bool
+	var lastOwner any
+	var k *ownerKey
+	var kerr error
+	for i := range c.items {
+		it := &c.items[i]
+		if i == 0 || it.owner != lastOwner {
+			lastOwner, k, kerr = it.owner, keys[it.owner], kerrs[it.owner]
+		}
+		if kerr == nil && (k == nil || k.shredded) {
+			kerr = ErrShredded
+		}
+		if kerr != nil {
+			fk := failKey{it.owner, it.f}
+			if !failed[fk] {
+				if failed == nil {
+					failed = map[failKey]bool{}
+				}
+				failed[fk] = true
+				c.fail(&FieldError{Model: it.m.name, Field: it.f.Name, Owner: it.owner, Err: kerr})
+			}
 			continue
 		}
-		st.tokens[k] = ""
-		model, field := it.m.name, it.f.Name
-		if err := kerrs[it.owner]; err != nil {
-			c.fail(&FieldError{Model: model, Field: field, Owner: it.owner, Err: err})
-			continue
-		}
-		ok := keys[it.owner]
-		if ok == nil || ok.shredded {
-			c.fail(&FieldError{Model: model, Field: field, Owner: it.owner, Err: ErrShredded})
-			continue
-		}
-		jobs = append(jobs, job{k, ok.c})
+		ciphers[i] = k.c
 	}
 	if len(c.errs) > 0 {
 		db.AddError(join(c.errs))
 		return
 	}
-	toks := make([]string, len(jobs))
+	// Encrypt, on several cores for a large statement.
+	// The clock is read once, and each range reads its IVs in one call.
+	toks := make([]string, len(c.items))
+	ts := time.Now().Unix()
 	var sealErr error
 	var mu sync.Mutex
-	parallel(len(jobs), func(_, lo, hi int) {
+	parallel(len(c.items), func(_, lo, hi int) {
+		ivs := make([]byte, (hi-lo)*token.IVSize)
+		if _, err := rand.Read(ivs); err != nil {
+			mu.Lock()
+			sealErr = fmt.Errorf("envelope: encrypt: %w", err)
+			mu.Unlock()
+			return
+		}
 		for i := lo; i < hi; i++ {
-			tok, err := sealValue(jobs[i].c, jobs[i].k.plain)
+			iv := (*[token.IVSize]byte)(ivs[(i-lo)*token.IVSize:])
+			tok, err := sealValue(ciphers[i], c.items[i].plain, ts, iv)
 			if err != nil {
 				mu.Lock()
 				sealErr = err
@@ -406,8 +464,11 @@ func (c *collector) finish() {
 		db.AddError(sealErr)
 		return
 	}
-	for i, j := range jobs {
-		st.tokens[j.k] = toks[i]
+	st := &writeState{p: c.p, db: db, defOwner: c.defOwner, items: c.items, toks: toks, byAddr: make(map[uintptr]int32, len(c.items))}
+	for i := range c.items {
+		if a := c.items[i].addr; a != 0 {
+			st.byAddr[a] = int32(i)
+		}
 	}
 	r := &restore{ctx: db.Statement.Context}
 	db.Statement.Context = context.WithValue(db.Statement.Context, stateKey{}, st)
@@ -424,13 +485,13 @@ func (c *collector) finish() {
 // sealValue encrypts a plaintext, or keeps it if it already is a token that
 // opens under the owner's DEK: a ciphertext read by a path without
 // callbacks (Raw().Scan, ScanRows) and saved again is stored unchanged.
-func sealValue(c *token.Cipher, plain string) (string, error) {
+func sealValue(c *token.Cipher, plain string, ts int64, iv *[token.IVSize]byte) (string, error) {
 	if token.LooksLikeString(plain) {
 		if _, err := c.DecryptString(plain); err == nil {
 			return plain, nil
 		}
 	}
-	tok, err := c.Encrypt(unsafe.Slice(unsafe.StringData(plain), len(plain)))
+	tok, err := c.EncryptIV(unsafe.Slice(unsafe.StringData(plain), len(plain)), ts, iv)
 	if err != nil {
 		return "", fmt.Errorf("envelope: encrypt: %w", err)
 	}

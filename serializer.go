@@ -78,10 +78,10 @@ func setRaw(fv reflect.Value, field *schema.Field, s string, b []byte) (string, 
 
 // Value returns the token that the plugin's before-write callback prepared
 // for this value, or nil for a nil pointer or nil []byte.
-func (Serializer) Value(ctx context.Context, field *schema.Field, dst reflect.Value, fieldValue any) (any, error) {
-	plain, isNil, ok := plainOf(fieldValue)
+func (Serializer) Value(ctx context.Context, field *schema.Field, dst reflect.Value, value any) (any, error) {
+	plain, isNil, ok := plainOf(value)
 	if !ok {
-		return nil, fmt.Errorf("envelope: %s.%s: unsupported value type %T", field.Schema.Name, field.Name, fieldValue)
+		return nil, fmt.Errorf("envelope: %s.%s: unsupported value type %T", field.Schema.Name, field.Name, value)
 	}
 	if isNil {
 		return nil, nil
@@ -90,8 +90,11 @@ func (Serializer) Value(ctx context.Context, field *schema.Field, dst reflect.Va
 	if st == nil {
 		return nil, fmt.Errorf("%w: %s.%s: an encrypted value can only be written by Create, Save or Update, and compared in no query (see docs/security-model.md)", ErrUnsafe, field.Schema.Name, field.Name)
 	}
-	owner := st.ownerFor(dst)
-	tok, ok := st.tokens[tokKey{col: field.DBName, owner: owner, plain: plain}]
+	var fv reflect.Value
+	if r := reflect.Indirect(dst); r.Kind() == reflect.Struct && r.Type() == field.Schema.ModelType {
+		fv, _ = fieldValue(field, r)
+	}
+	tok, owner, ok := st.token(field, dst, fv, plain)
 	if !ok {
 		return nil, fmt.Errorf("%w: %s.%s: value was not prepared for owner %v", ErrNoOwner, field.Schema.Name, field.Name, owner)
 	}

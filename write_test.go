@@ -348,3 +348,41 @@ func TestOwnerChange(t *testing.T) {
 		}
 	})
 }
+
+// Equal plaintexts written by one statement, for one owner, get distinct
+// tokens: the stored column does not show which rows hold the same secret.
+// A map written in the same statement shape still gets its own token.
+func TestEqualPlaintextsDistinctTokens(t *testing.T) {
+	testdb.ForEach(t, func(t *testing.T, db *gorm.DB) {
+		setup(t, db, newKeys(t))
+		rows := []Credential{
+			{UserID: 1, Password: "same", APIKey: ptr("same")},
+			{UserID: 1, Password: "same", APIKey: ptr("same")},
+			{UserID: 1, Password: "same"},
+		}
+		must(t, db.Create(&rows).Error)
+		seen := map[string]bool{}
+		for _, r := range rows {
+			for _, col := range []string{"password", "api_key"} {
+				tok, ok := rawColumn(t, db, "credentials", col, r.ID)
+				if !ok {
+					continue
+				}
+				if seen[tok] {
+					t.Fatalf("row %d %s repeats a token", r.ID, col)
+				}
+				seen[tok] = true
+			}
+		}
+		if len(seen) != 5 {
+			t.Fatalf("%d tokens, want 5", len(seen))
+		}
+		var got []Credential
+		must(t, db.Order("id").Find(&got).Error)
+		for _, g := range got {
+			if g.Password != "same" {
+				t.Fatalf("row %d: %q", g.ID, g.Password)
+			}
+		}
+	})
+}
