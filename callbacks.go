@@ -34,8 +34,35 @@ type writeState struct {
 	defOwner any
 	items    []item
 	toks     []string          // toks[i] is the token of items[i]
-	byAddr   map[uintptr]int32 // an addressable field's address -> its item
+	next     int               // the item after the last one found by address
+	byAddr   map[uintptr]int   // built on first use: field address -> item
 	byValue  map[tokKey]string // built on first use, for any other value
+}
+
+// byAddress returns the item collected from the field at address a. GORM
+// asks for values row by row, as they were collected: the items next to
+// the last one found are tried first, the address index built only if
+// they do not match.
+func (st *writeState) byAddress(a uintptr) (int, bool) {
+	for i := max(st.next-4, 0); i < min(st.next+4, len(st.items)); i++ {
+		if st.items[i].addr == a {
+			st.next = i + 1
+			return i, true
+		}
+	}
+	if st.byAddr == nil {
+		st.byAddr = make(map[uintptr]int, len(st.items))
+		for i := range st.items {
+			if a := st.items[i].addr; a != 0 {
+				st.byAddr[a] = i
+			}
+		}
+	}
+	i, ok := st.byAddr[a]
+	if ok {
+		st.next = i + 1
+	}
+	return i, ok
 }
 
 // token returns the token prepared for the value plain of field, held at
@@ -43,14 +70,21 @@ type writeState struct {
 // if it is still the same column, plaintext and owner; else by column,
 // owner and plaintext.
 func (st *writeState) token(field *schema.Field, dst, fv reflect.Value, plain string) (string, any, bool) {
-	owner := st.ownerFor(dst)
 	if fv.IsValid() && fv.CanAddr() {
-		if i, ok := st.byAddr[fv.UnsafeAddr()]; ok {
-			if it := &st.items[i]; it.f.DBName == field.DBName && it.plain == plain && it.owner == owner {
-				return st.toks[i], owner, true
+		if i, ok := st.byAddress(fv.UnsafeAddr()); ok {
+			it := &st.items[i]
+			if r := reflect.Indirect(dst); it.f.DBName == field.DBName && it.plain == plain && r.Type() == it.m.schema.ModelType {
+				owner := it.m.ownerOf(r)
+				if owner == nil {
+					owner = st.defOwner
+				}
+				if owner == it.owner {
+					return st.toks[i], owner, true
+				}
 			}
 		}
 	}
+	owner := st.ownerFor(dst)
 	if st.byValue == nil {
 		st.byValue = make(map[tokKey]string, len(st.items))
 		for i, it := range st.items {
@@ -435,41 +469,24 @@ func (c *collector) finish() {
 		return
 	}
 	// Encrypt, on several cores for a large statement.
-	// The clock is read once, and each range reads its IVs in one call.
+	// The clock is read once; each range reads its IVs in one call and
+	// writes its tokens into one buffer sized for them all.
 	toks := make([]string, len(c.items))
 	ts := time.Now().Unix()
 	var sealErr error
 	var mu sync.Mutex
 	parallel(len(c.items), func(_, lo, hi int) {
-		ivs := make([]byte, (hi-lo)*token.IVSize)
-		if _, err := rand.Read(ivs); err != nil {
+		if err := sealRange(c.items[lo:hi], ciphers[lo:hi], toks[lo:hi], ts); err != nil {
 			mu.Lock()
-			sealErr = fmt.Errorf("envelope: encrypt: %w", err)
+			sealErr = err
 			mu.Unlock()
-			return
-		}
-		for i := lo; i < hi; i++ {
-			iv := (*[token.IVSize]byte)(ivs[(i-lo)*token.IVSize:])
-			tok, err := sealValue(ciphers[i], c.items[i].plain, ts, iv)
-			if err != nil {
-				mu.Lock()
-				sealErr = err
-				mu.Unlock()
-				return
-			}
-			toks[i] = tok
 		}
 	})
 	if sealErr != nil {
 		db.AddError(sealErr)
 		return
 	}
-	st := &writeState{p: c.p, db: db, defOwner: c.defOwner, items: c.items, toks: toks, byAddr: make(map[uintptr]int32, len(c.items))}
-	for i := range c.items {
-		if a := c.items[i].addr; a != 0 {
-			st.byAddr[a] = int32(i)
-		}
-	}
+	st := &writeState{p: c.p, db: db, defOwner: c.defOwner, items: c.items, toks: toks}
 	r := &restore{ctx: db.Statement.Context}
 	db.Statement.Context = context.WithValue(db.Statement.Context, stateKey{}, st)
 	for _, e := range c.edits {
@@ -485,18 +502,36 @@ func (c *collector) finish() {
 // sealValue encrypts a plaintext, or keeps it if it already is a token that
 // opens under the owner's DEK: a ciphertext read by a path without
 // callbacks (Raw().Scan, ScanRows) and saved again is stored unchanged.
-func sealValue(c *token.Cipher, plain string, ts int64, iv *[token.IVSize]byte) (string, error) {
-	if token.LooksLikeString(plain) {
-		if _, err := c.DecryptString(plain); err == nil {
-			return plain, nil
+// sealRange encrypts items into toks. A value that already is a token of
+// its owner is kept as it is.
+func sealRange(items []item, ciphers []*token.Cipher, toks []string, ts int64) error {
+	ivs := make([]byte, len(items)*token.IVSize)
+	if _, err := rand.Read(ivs); err != nil {
+		return fmt.Errorf("envelope: encrypt: %w", err)
+	}
+	size := 0
+	for i := range items {
+		size += token.EncryptedLen(len(items[i].plain))
+	}
+	buf := make([]byte, 0, size) // never grows: the tokens can share it
+	for i := range items {
+		plain := items[i].plain
+		if token.LooksLikeString(plain) {
+			if _, err := ciphers[i].DecryptString(plain); err == nil {
+				toks[i] = plain
+				continue
+			}
 		}
+		start := len(buf)
+		var err error
+		buf, err = ciphers[i].AppendEncryptIV(buf, unsafe.Slice(unsafe.StringData(plain), len(plain)), ts, (*[token.IVSize]byte)(ivs[i*token.IVSize:]))
+		if err != nil {
+			return fmt.Errorf("envelope: encrypt: %w", err)
+		}
+		toks[i] = unsafe.String(&buf[start], len(buf)-start)
 	}
-	tok, err := c.EncryptIV(unsafe.Slice(unsafe.StringData(plain), len(plain)), ts, iv)
-	if err != nil {
-		return "", fmt.Errorf("envelope: encrypt: %w", err)
-	}
-	// tok is a fresh slice nobody else holds: the string can share it.
-	return unsafe.String(unsafe.SliceData(tok), len(tok)), nil
+	clear(ivs)
+	return nil
 }
 
 func distinctOwners(items []item) []any {

@@ -39,6 +39,21 @@ func TestSameBytesAsFernetGo(t *testing.T) {
 		if !bytes.Equal(got, want) {
 			t.Fatalf("size %d:\n got %s\nwant %s", n, got, want)
 		}
+		if EncryptedLen(n) != len(want) {
+			t.Fatalf("size %d: EncryptedLen %d, token %d", n, EncryptedLen(n), len(want))
+		}
+		// Appending keeps what dst held and adds the same token text, also
+		// when dst must grow.
+		for _, dst := range [][]byte{nil, []byte("prefix"), make([]byte, 3, 3+len(want))} {
+			head := string(dst)
+			out, err := c.AppendEncryptIV(dst, msg, at.Unix(), (*[16]byte)(raw[9:25]))
+			if err != nil {
+				t.Fatal(err)
+			}
+			if string(out) != head+string(want) {
+				t.Fatalf("size %d: appended to %q:\n got %s\nwant %s%s", n, head, out, head, want)
+			}
+		}
 	}
 }
 

@@ -17,6 +17,7 @@ import (
 	"encoding/binary"
 	"errors"
 	"hash"
+	"slices"
 	"sync"
 	"time"
 	"unsafe"
@@ -139,12 +140,12 @@ func (c *Cipher) mac(s *scratch, data []byte) {
 
 // Encrypt returns the token text for msg.
 func (c *Cipher) Encrypt(msg []byte) ([]byte, error) {
-	return c.seal(msg, time.Now().Unix(), nil)
+	return c.seal(nil, msg, time.Now().Unix(), nil)
 }
 
 // EncryptAt returns the token text for msg with the given timestamp.
 func (c *Cipher) EncryptAt(msg []byte, at time.Time) ([]byte, error) {
-	return c.seal(msg, at.Unix(), nil)
+	return c.seal(nil, msg, at.Unix(), nil)
 }
 
 // IVSize is the length of a token's IV.
@@ -156,11 +157,22 @@ const IVSize = blockSize
 // many values read all their IVs from crypto/rand at once and read the
 // clock once.
 func (c *Cipher) EncryptIV(msg []byte, ts int64, iv *[IVSize]byte) ([]byte, error) {
-	return c.seal(msg, ts, iv)
+	return c.seal(nil, msg, ts, iv)
 }
 
-// seal builds the token for msg; a nil iv means a random one.
-func (c *Cipher) seal(msg []byte, ts int64, iv *[blockSize]byte) ([]byte, error) {
+// AppendEncryptIV is EncryptIV appending the token text to dst, so that a
+// caller can carve many tokens from one buffer.
+func (c *Cipher) AppendEncryptIV(dst, msg []byte, ts int64, iv *[IVSize]byte) ([]byte, error) {
+	return c.seal(dst, msg, ts, iv)
+}
+
+// EncryptedLen is the length of the token text for a message of n bytes.
+func EncryptedLen(n int) int {
+	return b64EncodedLen(overhead + (n/blockSize+1)*blockSize)
+}
+
+// seal appends the token for msg to dst; a nil iv means a random one.
+func (c *Cipher) seal(dst, msg []byte, ts int64, iv *[blockSize]byte) ([]byte, error) {
 	padded := (len(msg)/blockSize + 1) * blockSize
 	n := overhead + padded
 	s := getScratch(n)
@@ -193,9 +205,13 @@ func (c *Cipher) seal(msg []byte, ts int64, iv *[blockSize]byte) ([]byte, error)
 	c.mac(s, raw[:n-macSize])
 	copy(raw[n-macSize:], s.sum[:])
 
-	out := make([]byte, b64EncodedLen(n))
+	m := b64EncodedLen(n)
+	if len(dst)+m > cap(dst) {
+		dst = slices.Grow(dst, m)
+	}
+	out := dst[len(dst) : len(dst)+m]
 	b64Encode(out, raw)
-	return out, nil
+	return dst[:len(dst)+m], nil
 }
 
 // Decrypt verifies tok and returns its message, or ErrInvalid.
