@@ -5,6 +5,7 @@ import (
 	"reflect"
 	"runtime"
 	"sync"
+	"sync/atomic"
 	"unsafe"
 
 	"github.com/gorm-envelope/envelope/internal/token"
@@ -40,9 +41,8 @@ type pipeItem struct {
 }
 
 type pipeBatch struct {
-	rows   []reflect.Value // per row: the new struct GORM scanned it into
-	owners []any           // per row, filled by the worker
-	items  []pipeItem      // row*nf + field index
+	rows  []reflect.Value // per row: the new struct GORM scanned it into
+	items []pipeItem      // row*nf + field index
 }
 
 // readState is one query's pipeline; it lives in the statement's context
@@ -62,6 +62,7 @@ type readState struct {
 	sent    []*pipeBatch // dispatched batches, in row order
 	ch      chan *pipeBatch
 	workers int
+	cold    atomic.Bool // a batch had no owner with a cached DEK
 	wg      sync.WaitGroup
 }
 
@@ -136,6 +137,12 @@ func (rs *readState) scanned(field *schema.Field, dst reflect.Value, tok string)
 	}
 	if p := dst.Pointer(); p != rs.cur {
 		// A new row: every earlier row is complete.
+		if rs.cold.Load() {
+			// A worker found none of a batch's owners cached: this is a
+			// cold read, for which the scan would only be slowed down.
+			rs.off = true
+			return
+		}
 		if rs.batch == nil || rs.rows == pipeRows {
 			if rs.batch != nil {
 				rs.dispatch()
@@ -156,7 +163,7 @@ func getBatch(nf int) *pipeBatch {
 	if b, ok := batchPool.Get().(*pipeBatch); ok && len(b.items) == pipeRows*nf {
 		return b
 	}
-	return &pipeBatch{rows: make([]reflect.Value, pipeRows), owners: make([]any, pipeRows), items: make([]pipeItem, pipeRows*nf)}
+	return &pipeBatch{rows: make([]reflect.Value, pipeRows), items: make([]pipeItem, pipeRows*nf)}
 }
 
 // release returns the pipeline's batches to the pool, holding nothing of
@@ -169,7 +176,6 @@ func (rs *readState) release() {
 	for _, b := range append(rs.sent, rs.batch) {
 		if b != nil {
 			clear(b.rows)
-			clear(b.owners)
 			clear(b.items)
 			batchPool.Put(b)
 		}
@@ -206,12 +212,12 @@ func (rs *readState) dispatch() {
 // the same key.
 func (rs *readState) work(b *pipeBatch) {
 	keys := make(map[any]*ownerKey)
+	cached := false
 	for r, v := range b.rows {
 		if !v.IsValid() {
 			break
 		}
 		o := rs.m.ownerOf(v)
-		b.owners[r] = o
 		if o == nil {
 			continue
 		}
@@ -223,6 +229,7 @@ func (rs *readState) work(b *pipeBatch) {
 		if k == nil || k.shredded || k.c == nil {
 			continue
 		}
+		cached = true
 		for i := range b.items[r*rs.nf : (r+1)*rs.nf] {
 			it := &b.items[r*rs.nf+i]
 			if it.tok == "" || !token.LooksLikeString(it.tok) {
@@ -232,6 +239,9 @@ func (rs *readState) work(b *pipeBatch) {
 				it.k, it.msg = k, msg
 			}
 		}
+	}
+	if !cached {
+		rs.cold.Store(true)
 	}
 }
 
