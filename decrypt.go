@@ -218,8 +218,9 @@ func (p *Plugin) decryptAll(targets []target, keys map[any]*ownerKey, kerrs map[
 	var pipelined atomic.Uint64
 	parallel(len(targets), func(w, lo, hi int) {
 		var used uint64
-		for _, t := range targets[lo:hi] {
-			parts[w] = p.decryptTarget(t, keys, kerrs, rs, &used, parts[w])
+		var ar arena
+		for i, t := range targets[lo:hi] {
+			parts[w] = p.decryptTarget(t, keys, kerrs, rs, &used, &ar, (hi-lo-i)*len(t.m.fields), parts[w])
 		}
 		pipelined.Add(used)
 	})
@@ -269,7 +270,7 @@ func zeroTokens(t target) {
 	}
 }
 
-func (p *Plugin) decryptTarget(t target, keys map[any]*ownerKey, kerrs map[any]error, rs *readState, used *uint64, errs []error) []error {
+func (p *Plugin) decryptTarget(t target, keys map[any]*ownerKey, kerrs map[any]error, rs *readState, used *uint64, ar *arena, left int, errs []error) []error {
 	var (
 		k      *ownerKey
 		kerr   error
@@ -325,13 +326,14 @@ func (p *Plugin) decryptTarget(t target, keys map[any]*ownerKey, kerrs map[any]e
 		if ok {
 			*used++
 		} else {
-			msg, err = k.c.DecryptString(b)
+			msg, err = ar.decrypt(k.c, b, left)
 		}
 		if err != nil {
 			fail(fmt.Errorf("%w: token does not open under the owner's DEK", ErrDecrypt))
 			continue
 		}
-		// msg is a fresh slice nobody else holds: a string can share it.
+		// msg is memory only this value uses (its capacity is cut): a string
+		// can share it.
 		switch ef.kind {
 		case kindString:
 			fv.SetString(unsafe.String(unsafe.SliceData(msg), len(msg)))

@@ -212,6 +212,7 @@ func (rs *readState) dispatch() {
 // the same key.
 func (rs *readState) work(b *pipeBatch) {
 	keys := make(map[any]*ownerKey)
+	var ar arena
 	cached := false
 	for r, v := range b.rows {
 		if !v.IsValid() {
@@ -235,7 +236,7 @@ func (rs *readState) work(b *pipeBatch) {
 			if it.tok == "" || !token.LooksLikeString(it.tok) {
 				continue
 			}
-			if msg, err := k.c.DecryptString(it.tok); err == nil {
+			if msg, err := ar.decrypt(k.c, it.tok, len(b.items)-r*rs.nf-i); err == nil {
 				it.k, it.msg = k, msg
 			}
 		}
@@ -260,4 +261,28 @@ func (rs *readState) opened(r, j int, k *ownerKey, tok string) ([]byte, bool) {
 		return nil, false
 	}
 	return it.msg, true
+}
+
+// arena hands out the memory of decrypted values from shared chunks, so
+// that many small values cost one allocation. A chunk is sized for the
+// values still to come (at most arenaChunk bytes); values are returned
+// with their capacity cut, so appending to one cannot touch another.
+type arena struct{ buf []byte }
+
+const arenaChunk = 16 << 10
+
+// decrypt opens tok with c; left is the number of values still to be
+// decrypted into this arena, this one included.
+func (a *arena) decrypt(c *token.Cipher, tok string, left int) ([]byte, error) {
+	need := token.DecryptedLen(len(tok))
+	if cap(a.buf)-len(a.buf) < need {
+		a.buf = make([]byte, 0, max(min(need*left, arenaChunk), need))
+	}
+	start := len(a.buf)
+	out, err := c.AppendDecrypt(a.buf, unsafe.Slice(unsafe.StringData(tok), len(tok)))
+	if err != nil {
+		return nil, err
+	}
+	a.buf = out
+	return out[start:len(out):len(out)], nil
 }

@@ -244,3 +244,43 @@ func TestAllocations(t *testing.T) {
 		}
 	}
 }
+
+// AppendDecrypt appends each message after what dst holds, within
+// DecryptedLen of room, and leaves dst as it was for a bad token.
+func TestAppendDecrypt(t *testing.T) {
+	c := New(randKey(t))
+	var toks [][]byte
+	var msgs [][]byte
+	room := 0
+	for _, n := range crossSizes() {
+		msg := randBytes(t, n)
+		tok, err := c.Encrypt(msg)
+		if err != nil {
+			t.Fatal(err)
+		}
+		toks, msgs = append(toks, tok), append(msgs, msg)
+		room += DecryptedLen(len(tok))
+	}
+	buf := make([]byte, 0, room)
+	base := &buf[:1][0]
+	for i, tok := range toks {
+		start := len(buf)
+		var err error
+		if buf, err = c.AppendDecrypt(buf, tok); err != nil {
+			t.Fatal(err)
+		}
+		if !bytes.Equal(buf[start:], msgs[i]) {
+			t.Fatalf("message %d: got %x", i, buf[start:])
+		}
+	}
+	if &buf[:1][0] != base {
+		t.Fatal("the buffer grew although DecryptedLen left room")
+	}
+	bad := bytes.Clone(toks[3])
+	bad[len(bad)-5] ^= 1
+	before := len(buf)
+	out, err := c.AppendDecrypt(buf, bad)
+	if err == nil || len(out) != before {
+		t.Fatalf("bad token: err %v, len %d -> %d", err, before, len(out))
+	}
+}

@@ -217,48 +217,81 @@ func (c *Cipher) seal(dst, msg []byte, ts int64, iv *[blockSize]byte) ([]byte, e
 // Decrypt verifies tok and returns its message, or ErrInvalid.
 // An empty message decrypts to a non-nil empty slice.
 func (c *Cipher) Decrypt(tok []byte) ([]byte, error) {
+	out, err := c.open(nil, tok)
+	if err != nil {
+		return nil, err
+	}
+	return out[:len(out):len(out)], nil
+}
+
+// AppendDecrypt appends the message of tok to dst, so that a caller can
+// decrypt many tokens into one buffer. On error dst is returned unchanged.
+// A message takes at most DecryptedLen(len(tok)) bytes of dst.
+func (c *Cipher) AppendDecrypt(dst, tok []byte) ([]byte, error) {
+	return c.open(dst, tok)
+}
+
+// DecryptedLen bounds the length of the message of a token text of n bytes.
+func DecryptedLen(n int) int { return max(n/4*3-overhead, 0) }
+
+// open appends the message of tok to dst.
+func (c *Cipher) open(dst, tok []byte) ([]byte, error) {
 	if len(tok) < MinLen {
-		return nil, ErrInvalid
+		return dst, ErrInvalid
 	}
 	s := getScratch(b64DecodeBuf(len(tok)))
 	defer putScratch(s)
 	n, ok := b64Decode(s.buf, tok)
 	if !ok || n < overhead+blockSize || (n-overhead)%blockSize != 0 {
-		return nil, ErrInvalid
+		return dst, ErrInvalid
 	}
 	raw := s.buf[:n]
 	if raw[0] != version {
-		return nil, ErrInvalid
+		return dst, ErrInvalid
 	}
 
 	// Authenticate before touching the ciphertext.
 	c.mac(s, raw[:n-macSize])
 	if subtle.ConstantTimeCompare(s.sum[:], raw[n-macSize:]) != 1 {
-		return nil, ErrInvalid
+		return dst, ErrInvalid
 	}
 
 	// CBC decryption: out = D(ct block i) XOR (ct block i-1, or the IV).
-	// make+copy allocates without zeroing; the blocks are then decrypted in
-	// place, four independent calls at a time so they overlap in the CPU,
-	// and IV||ct (contiguous in raw) is XORed over the result in one pass.
+	// The ciphertext is copied to where the message goes (make+copy
+	// allocates without zeroing), the blocks are decrypted in place, four
+	// independent calls at a time so they overlap in the CPU, and IV||ct
+	// (contiguous in raw) is XORed over the result in one pass.
 	ct := raw[ctOff : n-macSize]
-	out := make([]byte, len(ct))
-	copy(out, ct)
+	base := len(dst)
+	var out []byte
+	if dst == nil {
+		out = make([]byte, len(ct))
+		copy(out, ct)
+		dst = out[:0]
+	} else {
+		if base+len(ct) > cap(dst) {
+			dst = slices.Grow(dst, len(ct))
+		}
+		out = dst[base : base+len(ct)]
+		copy(out, ct)
+	}
 	c.decryptBlocks(out)
 	subtle.XORBytes(out, out, raw[ivOff:])
 
 	// PKCS #7: the MAC already held, so this check leaks nothing new.
 	p := int(out[len(out)-1])
 	if p == 0 || p > blockSize {
-		return nil, ErrInvalid
+		clear(out)
+		return dst[:base], ErrInvalid
 	}
 	m := len(out) - p
 	for _, b := range out[m:] {
 		if int(b) != p {
-			return nil, ErrInvalid
+			clear(out)
+			return dst[:base], ErrInvalid
 		}
 	}
-	return out[:m:m], nil
+	return dst[:base+m], nil
 }
 
 // decryptBlocks applies the AES inverse cipher to each block of b in place.
