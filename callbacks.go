@@ -31,12 +31,35 @@ type tokKey struct {
 type writeState struct {
 	p        *Plugin
 	db       *gorm.DB
+	m        *modelMeta // the statement's model
 	defOwner any
 	items    []item
 	toks     []string          // toks[i] is the token of items[i]
 	next     int               // the item after the last one found by address
 	byAddr   map[uintptr]int   // built on first use: field address -> item
 	byValue  map[tokKey]string // built on first use, for any other value
+}
+
+// fieldAddr returns the address of field in struct r, or 0 if r is not a
+// struct of the field's model or the field is not addressable.
+func (st *writeState) fieldAddr(field *schema.Field, r reflect.Value) uintptr {
+	if r.Kind() != reflect.Struct || r.Type() != field.Schema.ModelType {
+		return 0
+	}
+	if m := st.m; m != nil && m.schema == field.Schema {
+		for i := range m.fields {
+			if ef := &m.fields[i]; ef.f == field && ef.direct {
+				if base := m.base(r); base != nil {
+					return uintptr(base) + ef.off
+				}
+			}
+		}
+	}
+	fv, _ := fieldValue(field, r)
+	if fv.IsValid() {
+		return addrOf(fv)
+	}
+	return 0
 }
 
 // byAddress returns the item collected from the field at address a. GORM
@@ -69,11 +92,12 @@ func (st *writeState) byAddress(a uintptr) (int, bool) {
 // fv in the struct dst. A value is found by its field's address, and only
 // if it is still the same column, plaintext and owner; else by column,
 // owner and plaintext.
-func (st *writeState) token(field *schema.Field, dst, fv reflect.Value, plain string) (string, any, bool) {
-	if fv.IsValid() && fv.CanAddr() {
-		if i, ok := st.byAddress(fv.UnsafeAddr()); ok {
+func (st *writeState) token(field *schema.Field, dst reflect.Value, plain string) (string, any, bool) {
+	r := reflect.Indirect(dst)
+	if a := st.fieldAddr(field, r); a != 0 {
+		if i, ok := st.byAddress(a); ok {
 			it := &st.items[i]
-			if r := reflect.Indirect(dst); it.f.DBName == field.DBName && it.plain == plain && r.Type() == it.m.schema.ModelType {
+			if it.f.DBName == field.DBName && it.plain == plain && r.Type() == it.m.schema.ModelType {
 				owner := it.m.ownerOf(r)
 				if owner == nil {
 					owner = st.defOwner
@@ -194,13 +218,23 @@ func (c *collector) walk(v reflect.Value) {
 		if owner == nil {
 			owner = c.defOwner
 		}
+		base := m.base(v)
 		for i := range m.fields {
 			ef := &m.fields[i]
-			fv, ok := fieldValue(ef.f, v)
-			if !ok {
-				continue
+			var plain string
+			var isNil bool
+			var addr uintptr
+			if base != nil && ef.direct {
+				plain, isNil = ef.plainAt(base)
+				addr = uintptr(base) + ef.off
+			} else {
+				fv, ok := fieldValue(ef.f, v)
+				if !ok {
+					continue
+				}
+				plain, isNil = plainOfValue(fv, ef.kind)
+				addr = addrOf(fv)
 			}
-			plain, isNil := plainOfValue(fv, ef.kind)
 			if isNil {
 				continue
 			}
@@ -208,7 +242,7 @@ func (c *collector) walk(v reflect.Value) {
 				c.noOwner(m, ef.f)
 				return
 			}
-			c.items = append(c.items, item{owner: owner, m: m, f: ef.f, plain: plain, addr: addrOf(fv)})
+			c.items = append(c.items, item{owner: owner, m: m, f: ef.f, plain: plain, addr: addr})
 		}
 	}
 }
@@ -486,7 +520,7 @@ func (c *collector) finish() {
 		db.AddError(sealErr)
 		return
 	}
-	st := &writeState{p: c.p, db: db, defOwner: c.defOwner, items: c.items, toks: toks}
+	st := &writeState{p: c.p, db: db, m: c.m, defOwner: c.defOwner, items: c.items, toks: toks}
 	r := &restore{ctx: db.Statement.Context}
 	db.Statement.Context = context.WithValue(db.Statement.Context, stateKey{}, st)
 	for _, e := range c.edits {

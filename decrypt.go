@@ -106,8 +106,15 @@ func (p *Plugin) afterQuery(db *gorm.DB) {
 		if o == nil {
 			return
 		}
+		base := m.base(v)
 		for i := range m.fields {
-			if fv, ok := fieldValue(m.fields[i].f, v); ok && hasToken(fv, m.fields[i].kind) {
+			ef := &m.fields[i]
+			if base != nil && ef.direct {
+				if token.LooksLikeString(ef.textAt(base)) {
+					owners[o] = struct{}{}
+					return
+				}
+			} else if fv, ok := fieldValue(ef.f, v); ok && hasToken(fv, ef.kind) {
 				owners[o] = struct{}{}
 				return
 			}
@@ -276,18 +283,32 @@ func (p *Plugin) decryptTarget(t target, keys map[any]*ownerKey, kerrs map[any]e
 		kerr   error
 		looked bool
 	)
+	// Fields reached without a pointer are read and written at their
+	// offset in the row; the others through reflection.
+	base := t.m.base(t.v)
 	for i := range t.m.fields {
 		ef := &t.m.fields[i]
-		fv, ok := fieldValue(ef.f, t.v)
-		if !ok || !fv.CanSet() {
-			continue
+		direct := base != nil && ef.direct
+		var fv reflect.Value
+		var b string
+		if direct {
+			b = ef.textAt(base)
+		} else {
+			var ok bool
+			if fv, ok = fieldValue(ef.f, t.v); !ok || !fv.CanSet() {
+				continue
+			}
+			b = stored(fv, ef.kind)
 		}
-		b := stored(fv, ef.kind)
 		if b == "" {
 			continue
 		}
 		fail := func(err error) {
-			fv.Set(reflect.Zero(fv.Type()))
+			if direct {
+				ef.zeroAt(base)
+			} else {
+				fv.Set(reflect.Zero(fv.Type()))
+			}
 			errs = append(errs, &FieldError{Model: t.m.name, Field: ef.f.Name, Owner: t.owner, Err: err})
 		}
 		if !token.LooksLikeString(b) {
@@ -334,6 +355,10 @@ func (p *Plugin) decryptTarget(t target, keys map[any]*ownerKey, kerrs map[any]e
 		}
 		// msg is memory only this value uses (its capacity is cut): a string
 		// can share it.
+		if direct {
+			ef.setAt(base, msg)
+			continue
+		}
 		switch ef.kind {
 		case kindString:
 			fv.SetString(unsafe.String(unsafe.SliceData(msg), len(msg)))

@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"reflect"
 	"strings"
+	"unsafe"
 
 	"github.com/gorm-envelope/envelope/internal/profilemeta"
 	"gorm.io/gorm"
@@ -22,8 +23,10 @@ const (
 )
 
 type encField struct {
-	f    *schema.Field
-	kind valueKind
+	f      *schema.Field
+	kind   valueKind
+	off    uintptr // offset in the model struct, when direct
+	direct bool    // reached without a pointer: readable at base+off
 }
 
 // modelMeta is computed once per schema: which fields are encrypted and
@@ -32,6 +35,7 @@ type modelMeta struct {
 	schema  *schema.Schema
 	name    string
 	owner   *schema.Field
+	ownerAt func(unsafe.Pointer) any // reads the owner at a struct's address; nil if not direct
 	fields  []encField
 	byDB    map[string]*encField
 	profile bool  // the configured Profile model
@@ -76,8 +80,15 @@ func buildMeta(s *schema.Schema, profileType reflect.Type) *modelMeta {
 		m.fields = append(m.fields, encField{f: f, kind: k})
 	}
 	for i := range m.fields {
-		if db := m.fields[i].f.DBName; db != "" {
-			m.byDB[db] = &m.fields[i]
+		ef := &m.fields[i]
+		if db := ef.f.DBName; db != "" {
+			m.byDB[db] = ef
+		}
+		ef.off, ef.direct = offsetOf(s.ModelType, ef.f.StructField.Index)
+	}
+	if m.owner != nil {
+		if off, ok := offsetOf(s.ModelType, m.owner.StructField.Index); ok {
+			m.ownerAt = ownerReader(m.owner.FieldType, off)
 		}
 	}
 	if len(m.fields) > 0 {
@@ -125,11 +136,164 @@ func (p *Plugin) metaOfType(db *gorm.DB, t reflect.Type) *modelMeta {
 	return v.(*modelMeta)
 }
 
+// textAt returns the stored text of the field in the struct at p ("" for
+// NULL or empty); for []byte it shares the field's memory.
+func (ef *encField) textAt(p unsafe.Pointer) string {
+	q := unsafe.Add(p, ef.off)
+	switch ef.kind {
+	case kindString:
+		return *(*string)(q)
+	case kindStringPtr:
+		if sp := *(**string)(q); sp != nil {
+			return *sp
+		}
+	case kindBytes:
+		if b := *(*[]byte)(q); len(b) > 0 {
+			return unsafe.String(&b[0], len(b))
+		}
+	}
+	return ""
+}
+
+// plainAt returns the value to encrypt of the field in the struct at p,
+// and whether it is nil (not written encrypted).
+func (ef *encField) plainAt(p unsafe.Pointer) (string, bool) {
+	q := unsafe.Add(p, ef.off)
+	switch ef.kind {
+	case kindString:
+		return *(*string)(q), false
+	case kindStringPtr:
+		if sp := *(**string)(q); sp != nil {
+			return *sp, false
+		}
+	case kindBytes:
+		if b := *(*[]byte)(q); b != nil {
+			return string(b), false
+		}
+	}
+	return "", true
+}
+
+// setAt stores msg in the field of the struct at p; a string shares msg.
+func (ef *encField) setAt(p unsafe.Pointer, msg []byte) {
+	q := unsafe.Add(p, ef.off)
+	switch ef.kind {
+	case kindString:
+		*(*string)(q) = unsafe.String(unsafe.SliceData(msg), len(msg))
+	case kindStringPtr:
+		s := unsafe.String(unsafe.SliceData(msg), len(msg))
+		*(**string)(q) = &s
+	case kindBytes:
+		*(*[]byte)(q) = msg
+	}
+}
+
+// zeroAt sets the field of the struct at p to its zero value.
+func (ef *encField) zeroAt(p unsafe.Pointer) {
+	q := unsafe.Add(p, ef.off)
+	switch ef.kind {
+	case kindString:
+		*(*string)(q) = ""
+	case kindStringPtr:
+		*(**string)(q) = nil
+	case kindBytes:
+		*(*[]byte)(q) = nil
+	}
+}
+
+// offsetOf returns the offset of the field at index in struct type t, if
+// no step of the path goes through a pointer.
+func offsetOf(t reflect.Type, index []int) (uintptr, bool) {
+	var off uintptr
+	for _, i := range index {
+		if i < 0 || t.Kind() != reflect.Struct { // GORM's mark of an embedded pointer
+			return 0, false
+		}
+		f := t.Field(i)
+		off += f.Offset
+		t = f.Type
+	}
+	return off, true
+}
+
+// ownerReader returns a function reading an owner field of type t at
+// offset off of a struct, normalised like normOwner; nil for other types.
+func ownerReader(t reflect.Type, off uintptr) func(unsafe.Pointer) any {
+	var u func(p unsafe.Pointer) uint64
+	var i func(p unsafe.Pointer) int64
+	switch t.Kind() {
+	case reflect.Int:
+		i = func(p unsafe.Pointer) int64 { return int64(*(*int)(p)) }
+	case reflect.Int8:
+		i = func(p unsafe.Pointer) int64 { return int64(*(*int8)(p)) }
+	case reflect.Int16:
+		i = func(p unsafe.Pointer) int64 { return int64(*(*int16)(p)) }
+	case reflect.Int32:
+		i = func(p unsafe.Pointer) int64 { return int64(*(*int32)(p)) }
+	case reflect.Int64:
+		i = func(p unsafe.Pointer) int64 { return *(*int64)(p) }
+	case reflect.Uint:
+		u = func(p unsafe.Pointer) uint64 { return uint64(*(*uint)(p)) }
+	case reflect.Uint8:
+		u = func(p unsafe.Pointer) uint64 { return uint64(*(*uint8)(p)) }
+	case reflect.Uint16:
+		u = func(p unsafe.Pointer) uint64 { return uint64(*(*uint16)(p)) }
+	case reflect.Uint32:
+		u = func(p unsafe.Pointer) uint64 { return uint64(*(*uint32)(p)) }
+	case reflect.Uint64:
+		u = func(p unsafe.Pointer) uint64 { return *(*uint64)(p) }
+	case reflect.String:
+		return func(p unsafe.Pointer) any {
+			if s := *(*string)(unsafe.Add(p, off)); s != "" {
+				return s
+			}
+			return nil
+		}
+	default:
+		return nil
+	}
+	if i != nil {
+		return func(p unsafe.Pointer) any {
+			if n := i(unsafe.Add(p, off)); n != 0 {
+				return n
+			}
+			return nil
+		}
+	}
+	return func(p unsafe.Pointer) any {
+		if n := u(unsafe.Add(p, off)); n != 0 {
+			return int64(n)
+		}
+		return nil
+	}
+}
+
+// base returns the address of struct v (or of the struct v points to) if
+// it is addressable and of the model's type, so that direct fields can be
+// read and written at an offset; else nil.
+func (m *modelMeta) base(v reflect.Value) unsafe.Pointer {
+	if v.Kind() == reflect.Pointer {
+		if v.IsNil() {
+			return nil
+		}
+		v = v.Elem()
+	}
+	if v.Type() != m.schema.ModelType || !v.CanAddr() {
+		return nil
+	}
+	return v.Addr().UnsafePointer()
+}
+
 // ownerOf returns the normalised owner of struct value v: int64 for
 // integer owners, string for string owners; nil when zero or unknown.
 func (m *modelMeta) ownerOf(v reflect.Value) any {
 	if m == nil || m.owner == nil || !v.IsValid() {
 		return nil
+	}
+	if m.ownerAt != nil {
+		if p := m.base(v); p != nil {
+			return m.ownerAt(p)
+		}
 	}
 	fv, ok := fieldValue(m.owner, v)
 	if !ok {
@@ -139,9 +303,14 @@ func (m *modelMeta) ownerOf(v reflect.Value) any {
 }
 
 // fieldValue reads a field of struct v without panicking on a nil embedded pointer.
+// GORM marks a step through an embedded pointer with a negative index
+// (-i-1).
 func fieldValue(f *schema.Field, v reflect.Value) (reflect.Value, bool) {
 	v = reflect.Indirect(v)
 	for _, i := range f.StructField.Index {
+		if i < 0 {
+			i = -i - 1
+		}
 		if v.Kind() == reflect.Pointer {
 			if v.IsNil() {
 				return reflect.Value{}, false

@@ -90,11 +90,7 @@ func (Serializer) Value(ctx context.Context, field *schema.Field, dst reflect.Va
 	if st == nil {
 		return nil, fmt.Errorf("%w: %s.%s: an encrypted value can only be written by Create, Save or Update, and compared in no query (see docs/security-model.md)", ErrUnsafe, field.Schema.Name, field.Name)
 	}
-	var fv reflect.Value
-	if r := reflect.Indirect(dst); r.Kind() == reflect.Struct && r.Type() == field.Schema.ModelType {
-		fv, _ = fieldValue(field, r)
-	}
-	tok, owner, ok := st.token(field, dst, fv, plain)
+	tok, owner, ok := st.token(field, dst, plain)
 	if !ok {
 		return nil, fmt.Errorf("%w: %s.%s: value was not prepared for owner %v", ErrNoOwner, field.Schema.Name, field.Name, owner)
 	}
