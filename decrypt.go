@@ -95,29 +95,20 @@ func (p *Plugin) afterQuery(db *gorm.DB) {
 	if rv.Kind() != reflect.Struct {
 		n = rv.Len()
 	}
-	targets := make([]target, 0, n*(1+len(joins)))
 	owners := map[any]struct{}{}
+	if rv.Kind() != reflect.Struct && len(joins) == 0 {
+		p.afterQuerySlice(db, rv, elemType, m, rs)
+		return
+	}
+	targets := make([]target, 0, n*(1+len(joins)))
 	add := func(m *modelMeta, v reflect.Value, row int) {
 		if m == nil || len(m.fields) == 0 {
 			return
 		}
 		o := m.ownerOf(v)
 		targets = append(targets, target{m: m, v: v, owner: o, row: row})
-		if o == nil {
-			return
-		}
-		base := m.base(v)
-		for i := range m.fields {
-			ef := &m.fields[i]
-			if base != nil && ef.direct {
-				if token.LooksLikeString(ef.textAt(base)) {
-					owners[o] = struct{}{}
-					return
-				}
-			} else if fv, ok := fieldValue(ef.f, v); ok && hasToken(fv, ef.kind) {
-				owners[o] = struct{}{}
-				return
-			}
+		if o != nil && m.anyToken(v) {
+			owners[o] = struct{}{}
 		}
 	}
 	visit := func(v reflect.Value, row int) {
@@ -154,37 +145,152 @@ func (p *Plugin) afterQuery(db *gorm.DB) {
 			visit(rv.Index(i), i)
 		}
 	}
+	p.decryptTargets(db, targets, owners, rs)
+}
+
+// afterQuerySlice decrypts a slice of the model, the common case. Rows the
+// pipeline opened are filled from its results, checked per row; the others
+// become targets of the ordinary pass. Both passes run on several cores
+// for a large result.
+func (p *Plugin) afterQuerySlice(db *gorm.DB, rv reflect.Value, elemType reflect.Type, m *modelMeta, rs *readState) {
+	n := rv.Len()
+	targets := getTargets(n)
+	defer putTargets(targets)
+	covered := rs.covered(n)
+	owners := rs.owners() // of the covered rows that hold tokens
+	workers := max(runtime.GOMAXPROCS(0), 1)
+	sets := make([]map[any]struct{}, workers)
+	parallelFrom(covered, n, func(w, lo, hi int) {
+		set := map[any]struct{}{}
+		for i := lo; i < hi; i++ {
+			v := reflect.Indirect(rv.Index(i))
+			if v.Kind() != reflect.Struct || v.Type() != elemType {
+				continue
+			}
+			o := m.ownerOf(v)
+			targets[i] = target{m: m, v: v, owner: o, row: i}
+			if o != nil && m.anyToken(v) {
+				set[o] = struct{}{}
+			}
+		}
+		sets[w] = set
+	})
+	for _, set := range sets {
+		for o := range set {
+			owners[o] = struct{}{}
+		}
+	}
+	keys, kerrs, ok := p.resolveOwners(db, owners, targets[covered:])
+	if !ok {
+		return
+	}
+	if covered > 0 {
+		rs.validate(keys, kerrs)
+		var used atomic.Uint64
+		var mu sync.Mutex
+		var missing []any // owners of rows left over that were not resolved
+		parallel(covered, func(_, lo, hi int) {
+			var u uint64
+			for i := lo; i < hi; i++ {
+				v := reflect.Indirect(rv.Index(i))
+				if v.Kind() != reflect.Struct || v.Type() != elemType {
+					continue
+				}
+				if n := rs.apply(i, v); n >= 0 {
+					u += uint64(n)
+					continue
+				}
+				o := m.ownerOf(v)
+				targets[i] = target{m: m, v: v, owner: o, row: i}
+				if o != nil && keys[o] == nil && kerrs[o] == nil && m.anyToken(v) {
+					mu.Lock()
+					missing = append(missing, o)
+					mu.Unlock()
+				}
+			}
+			used.Add(u)
+		})
+		p.pipelined.Add(used.Load())
+		if len(missing) > 0 {
+			// Only if a row did not match what the pipeline saw: look its
+			// owners up like any other.
+			more := map[any]struct{}{}
+			for _, o := range missing {
+				more[o] = struct{}{}
+			}
+			k2, e2, ok := p.resolveOwners(db, more, targets[:covered])
+			if !ok {
+				return
+			}
+			keys, kerrs = mergeKeys(keys, k2), mergeErrs(kerrs, e2)
+		}
+	}
+	if errs := p.decryptAll(targets, keys, kerrs, rs); len(errs) > 0 {
+		db.AddError(join(errs))
+	}
+}
+
+// resolveOwners looks up the DEKs of owners. If the lookup fails it zeroes
+// every token of targets, adds the error and reports false.
+func (p *Plugin) resolveOwners(db *gorm.DB, owners map[any]struct{}, targets []target) (map[any]*ownerKey, map[any]error, bool) {
+	if len(owners) == 0 {
+		return nil, nil, true
+	}
+	list := make([]any, 0, len(owners))
+	for o := range owners {
+		list = append(list, o)
+	}
+	keys, kerrs, err := p.resolve(db, list, false)
+	if err != nil && !errors.Is(err, ErrNoKey) {
+		// The lookup failed: leave nothing readable behind.
+		for _, t := range targets {
+			if t.m != nil {
+				zeroTokens(t)
+			}
+		}
+		db.AddError(err)
+		return nil, nil, false
+	}
+	if err != nil {
+		kerrs = map[any]error{}
+		for o := range owners {
+			kerrs[o] = ErrNoKey
+		}
+	}
+	return keys, kerrs, true
+}
+
+func mergeKeys(a, b map[any]*ownerKey) map[any]*ownerKey {
+	if a == nil {
+		return b
+	}
+	for k, v := range b {
+		a[k] = v
+	}
+	return a
+}
+
+func mergeErrs(a, b map[any]error) map[any]error {
+	if a == nil {
+		return b
+	}
+	for k, v := range b {
+		a[k] = v
+	}
+	return a
+}
+
+// decryptTargets resolves the owners' DEKs (one lookup for those not
+// cached) and decrypts every target; a target without a model is skipped.
+func (p *Plugin) decryptTargets(db *gorm.DB, targets []target, owners map[any]struct{}, rs *readState) {
 	if len(targets) == 0 {
 		return
 	}
-
-	var errs []error
-	var keys map[any]*ownerKey
-	var kerrs map[any]error
-	if len(owners) > 0 {
-		list := make([]any, 0, len(owners))
-		for o := range owners {
-			list = append(list, o)
-		}
-		var err error
-		keys, kerrs, err = p.resolve(db, list, false)
-		if err != nil && !errors.Is(err, ErrNoKey) {
-			// The lookup failed: leave nothing readable behind.
-			for _, t := range targets {
-				zeroTokens(t)
-			}
-			db.AddError(err)
-			return
-		}
-		if err != nil {
-			kerrs = map[any]error{}
-			for o := range owners {
-				kerrs[o] = ErrNoKey
-			}
-		}
+	keys, kerrs, ok := p.resolveOwners(db, owners, targets)
+	if !ok {
+		return
 	}
-	errs = p.decryptAll(targets, keys, kerrs, rs)
-	if len(errs) > 0 {
+	if errs := p.decryptAll(targets, keys, kerrs, rs); len(errs) > 0 {
 		db.AddError(join(errs))
 	}
 }
@@ -216,6 +322,14 @@ func parallel(n int, fn func(w, lo, hi int)) {
 	wg.Wait()
 }
 
+// parallelFrom is parallel over [lo, hi).
+func parallelFrom(lo, hi int, fn func(w, lo, hi int)) {
+	if hi <= lo {
+		return
+	}
+	parallel(hi-lo, func(w, a, b int) { fn(w, lo+a, lo+b) })
+}
+
 // decryptAll decrypts every target, on several cores for a large result.
 // Each goroutine owns a contiguous range of rows, and the errors are
 // returned in row order, so results and errors are the same whatever the
@@ -227,6 +341,9 @@ func (p *Plugin) decryptAll(targets []target, keys map[any]*ownerKey, kerrs map[
 		var used uint64
 		var ar arena
 		for i, t := range targets[lo:hi] {
+			if t.m == nil { // not a struct of the model
+				continue
+			}
 			parts[w] = p.decryptTarget(t, keys, kerrs, rs, &used, &ar, (hi-lo-i)*len(t.m.fields), parts[w])
 		}
 		pipelined.Add(used)
@@ -237,6 +354,43 @@ func (p *Plugin) decryptAll(targets []target, keys map[any]*ownerKey, kerrs map[
 		errs = append(errs, part...)
 	}
 	return errs
+}
+
+var targetPool sync.Pool
+
+// getTargets returns n zero targets, reusing the memory of an earlier
+// result when it can.
+func getTargets(n int) []target {
+	if p, ok := targetPool.Get().(*[]target); ok && cap(*p) >= n {
+		return (*p)[:n]
+	}
+	return make([]target, n)
+}
+
+// putTargets clears targets (they point into the result) and keeps their
+// memory for the next result, unless it is large.
+func putTargets(t []target) {
+	clear(t[:cap(t)])
+	if cap(t) <= 1<<16 {
+		t = t[:0]
+		targetPool.Put(&t)
+	}
+}
+
+// anyToken reports whether struct v holds a token in an encrypted field.
+func (m *modelMeta) anyToken(v reflect.Value) bool {
+	base := m.base(v)
+	for i := range m.fields {
+		ef := &m.fields[i]
+		if base != nil && ef.direct {
+			if token.LooksLikeString(ef.textAt(base)) {
+				return true
+			}
+		} else if fv, ok := fieldValue(ef.f, v); ok && hasToken(fv, ef.kind) {
+			return true
+		}
+	}
+	return false
 }
 
 func hasToken(fv reflect.Value, k valueKind) bool {

@@ -32,14 +32,15 @@ type encField struct {
 // modelMeta is computed once per schema: which fields are encrypted and
 // which field names the owner.
 type modelMeta struct {
-	schema  *schema.Schema
-	name    string
-	owner   *schema.Field
-	ownerAt func(unsafe.Pointer) any // reads the owner at a struct's address; nil if not direct
-	fields  []encField
-	byDB    map[string]*encField
-	profile bool  // the configured Profile model
-	err     error // a definition error, reported by every statement on the model
+	schema    *schema.Schema
+	name      string
+	owner     *schema.Field
+	ownerAt   func(unsafe.Pointer) any // reads the owner at a struct's address; nil if not direct
+	allDirect bool                     // every encrypted field is direct
+	fields    []encField
+	byDB      map[string]*encField
+	profile   bool  // the configured Profile model
+	err       error // a definition error, reported by every statement on the model
 }
 
 func isEnvelopeField(f *schema.Field) bool {
@@ -85,6 +86,10 @@ func buildMeta(s *schema.Schema, profileType reflect.Type) *modelMeta {
 			m.byDB[db] = ef
 		}
 		ef.off, ef.direct = offsetOf(s.ModelType, ef.f.StructField.Index)
+	}
+	m.allDirect = true
+	for i := range m.fields {
+		m.allDirect = m.allDirect && m.fields[i].direct
 	}
 	if m.owner != nil {
 		if off, ok := offsetOf(s.ModelType, m.owner.StructField.Index); ok {

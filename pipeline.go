@@ -43,6 +43,14 @@ type pipeItem struct {
 type pipeBatch struct {
 	rows  []reflect.Value // per row: the new struct GORM scanned it into
 	items []pipeItem      // row*nf + field index
+	oi    []int32         // per row: index in owners, -1 for no owner
+
+	// Filled by the worker: the batch's distinct owners, the key the cache
+	// held for each, and whether any of its rows holds a token.
+	owners []any
+	keys   []*ownerKey
+	hasTok []bool
+	valid  []bool // filled by validate: keys[j] is the key afterQuery resolved
 }
 
 // readState is one query's pipeline; it lives in the statement's context
@@ -163,7 +171,7 @@ func getBatch(nf int) *pipeBatch {
 	if b, ok := batchPool.Get().(*pipeBatch); ok && len(b.items) == pipeRows*nf {
 		return b
 	}
-	return &pipeBatch{rows: make([]reflect.Value, pipeRows), items: make([]pipeItem, pipeRows*nf)}
+	return &pipeBatch{rows: make([]reflect.Value, pipeRows), items: make([]pipeItem, pipeRows*nf), oi: make([]int32, pipeRows)}
 }
 
 // release returns the pipeline's batches to the pool, holding nothing of
@@ -177,6 +185,9 @@ func (rs *readState) release() {
 		if b != nil {
 			clear(b.rows)
 			clear(b.items)
+			clear(b.owners)
+			clear(b.keys)
+			b.owners, b.keys, b.hasTok, b.valid = b.owners[:0], b.keys[:0], b.hasTok[:0], b.valid[:0]
 			batchPool.Put(b)
 		}
 	}
@@ -211,7 +222,7 @@ func (rs *readState) dispatch() {
 // afterQuery resolves the keys as usual and takes a result only if it got
 // the same key.
 func (rs *readState) work(b *pipeBatch) {
-	keys := make(map[any]*ownerKey)
+	idx := make(map[any]int32)
 	var ar arena
 	cached := false
 	for r, v := range b.rows {
@@ -220,20 +231,27 @@ func (rs *readState) work(b *pipeBatch) {
 		}
 		o := rs.m.ownerOf(v)
 		if o == nil {
+			b.oi[r] = -1
 			continue
 		}
-		k, seen := keys[o]
+		j, seen := idx[o]
 		if !seen {
-			k, _ = rs.p.cache.Peek(o)
-			keys[o] = k
+			j = int32(len(b.owners))
+			idx[o] = j
+			k, _ := rs.p.cache.Peek(o)
+			b.owners, b.keys, b.hasTok = append(b.owners, o), append(b.keys, k), append(b.hasTok, false)
 		}
-		if k == nil || k.shredded || k.c == nil {
-			continue
-		}
-		cached = true
-		for i := range b.items[r*rs.nf : (r+1)*rs.nf] {
+		b.oi[r] = j
+		k := b.keys[j]
+		usable := k != nil && !k.shredded && k.c != nil
+		cached = cached || usable
+		for i := range rs.nf {
 			it := &b.items[r*rs.nf+i]
 			if it.tok == "" || !token.LooksLikeString(it.tok) {
+				continue
+			}
+			b.hasTok[j] = true
+			if !usable {
 				continue
 			}
 			if msg, err := ar.decrypt(k.c, it.tok, len(b.items)-r*rs.nf-i); err == nil {
@@ -244,6 +262,84 @@ func (rs *readState) work(b *pipeBatch) {
 	if !cached {
 		rs.cold.Store(true)
 	}
+}
+
+// covered returns how many of a result's n rows the pipeline's batches
+// cover (0 without a pipeline).
+func (rs *readState) covered(n int) int {
+	if rs == nil {
+		return 0
+	}
+	return min(len(rs.sent)*pipeRows, n)
+}
+
+// owners returns the owners of the covered rows that hold a token.
+func (rs *readState) owners() map[any]struct{} {
+	out := map[any]struct{}{}
+	if rs == nil {
+		return out
+	}
+	for _, b := range rs.sent {
+		for j, o := range b.owners {
+			if b.hasTok[j] {
+				out[o] = struct{}{}
+			}
+		}
+	}
+	return out
+}
+
+// validate marks, per batch and owner, whether the worker's key is the one
+// afterQuery resolved.
+func (rs *readState) validate(keys map[any]*ownerKey, kerrs map[any]error) {
+	for _, b := range rs.sent {
+		b.valid = b.valid[:0]
+		for j, o := range b.owners {
+			k := b.keys[j]
+			b.valid = append(b.valid, k != nil && keys[o] == k && kerrs[o] == nil)
+		}
+	}
+}
+
+// apply fills row r of the result, the struct v, with the plaintexts the
+// pipeline opened for it, and returns how many it set. It sets nothing and
+// returns -1 unless every encrypted field of v holds exactly the token the
+// worker opened (or is empty where the scan was NULL), under the key
+// afterQuery resolved for the row's owner: such a row is decrypted the
+// ordinary way.
+func (rs *readState) apply(r int, v reflect.Value) int {
+	b := rs.sent[r/pipeRows]
+	ri := r % pipeRows
+	oi := b.oi[ri]
+	if oi < 0 || !b.valid[oi] || !rs.m.allDirect {
+		return -1
+	}
+	base := rs.m.base(v)
+	if base == nil {
+		return -1
+	}
+	items := b.items[ri*rs.nf : (ri+1)*rs.nf]
+	n := 0
+	for j := range items {
+		it := &items[j]
+		txt := rs.m.fields[j].textAt(base)
+		if len(txt) != len(it.tok) || (txt != "" && unsafe.StringData(txt) != unsafe.StringData(it.tok)) {
+			return -1
+		}
+		if txt == "" {
+			continue
+		}
+		if it.k == nil {
+			return -1
+		}
+		n++
+	}
+	for j := range items {
+		if it := &items[j]; it.tok != "" {
+			rs.m.fields[j].setAt(base, it.msg)
+		}
+	}
+	return n
 }
 
 // opened returns the plaintext a worker got for field j of result row r
