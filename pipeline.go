@@ -56,12 +56,13 @@ type pipeBatch struct {
 // readState is one query's pipeline; it lives in the statement's context
 // from the before-query callback to afterQuery.
 type readState struct {
-	p      *Plugin
-	m      *modelMeta
-	stmt   *gorm.Statement
-	parent context.Context
-	nf     int
-	next   int // the field index expected next
+	p       *Plugin
+	m       *modelMeta
+	stmt    *gorm.Statement
+	parent  context.Context
+	nf      int
+	next    int          // the field index expected next
+	ptrType reflect.Type // *Model: what GORM scans each row into
 
 	off     bool    // the scan is not one row per new struct: do nothing
 	cur     uintptr // the address of the row being scanned
@@ -96,7 +97,7 @@ func (p *Plugin) beforeQuery(db *gorm.DB) {
 	if !pipelineOn || m.err != nil || len(m.fields) == 0 || m.owner == nil || runtime.GOMAXPROCS(0) < 2 {
 		return
 	}
-	rs := &readState{p: p, m: m, stmt: stmt, parent: stmt.Context, nf: len(m.fields)}
+	rs := &readState{p: p, m: m, stmt: stmt, parent: stmt.Context, nf: len(m.fields), ptrType: reflect.PointerTo(m.schema.ModelType)}
 	stmt.Context = context.WithValue(stmt.Context, readKey{}, rs)
 }
 
@@ -119,12 +120,47 @@ func endPipeline(stmt *gorm.Statement) *readState {
 	return rs
 }
 
+// scan stores a string column value at the field's offset in the new row
+// struct and records its token, skipping GORM's reflection; false if the
+// value or field is not of that simple kind (the caller then stores it and
+// calls scanned).
+func (rs *readState) scan(field *schema.Field, dst reflect.Value, dbValue any) bool {
+	if rs.off || dst.Kind() != reflect.Pointer || dst.Type() != rs.ptrType {
+		return false
+	}
+	j := rs.fieldIndex(field)
+	if j < 0 || !rs.m.fields[j].direct || rs.m.fields[j].kind != kindString {
+		return false
+	}
+	var tok string
+	switch v := dbValue.(type) {
+	case nil:
+	case string:
+		tok = v
+	case []byte:
+		tok = string(v)
+	default:
+		return false
+	}
+	*(*string)(unsafe.Add(dst.UnsafePointer(), rs.m.fields[j].off)) = tok
+	rs.record(j, dst, tok)
+	return true
+}
+
 // scanned records the token GORM just scanned into field of the row dst.
 func (rs *readState) scanned(field *schema.Field, dst reflect.Value, tok string) {
 	if rs.off {
 		return
 	}
-	// GORM scans a row's fields in one order: try the one after the last.
+	if j := rs.fieldIndex(field); j >= 0 {
+		rs.record(j, dst, tok)
+	}
+}
+
+// fieldIndex returns the index of field among the model's encrypted
+// fields, or -1. GORM scans a row's fields in one order: the one after the
+// last is tried first.
+func (rs *readState) fieldIndex(field *schema.Field) int {
 	j := rs.next
 	if rs.m.fields[j].f != field {
 		j = -1
@@ -135,10 +171,15 @@ func (rs *readState) scanned(field *schema.Field, dst reflect.Value, tok string)
 			}
 		}
 		if j < 0 {
-			return
+			return -1
 		}
 	}
 	rs.next = (j + 1) % rs.nf
+	return j
+}
+
+// record notes tok as field j of the row dst.
+func (rs *readState) record(j int, dst reflect.Value, tok string) {
 	if dst.Kind() != reflect.Pointer {
 		rs.off = true
 		return

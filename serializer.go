@@ -22,6 +22,10 @@ type Serializer struct{}
 
 // Scan stores the raw column value (a token, or NULL) in the field.
 func (Serializer) Scan(ctx context.Context, field *schema.Field, dst reflect.Value, dbValue any) error {
+	rs, _ := ctx.Value(readKey{}).(*readState)
+	if rs != nil && rs.scan(field, dst, dbValue) {
+		return nil
+	}
 	fv := field.ReflectValueOf(ctx, dst)
 	var tok string
 	var err error
@@ -38,7 +42,7 @@ func (Serializer) Scan(ctx context.Context, field *schema.Field, dst reflect.Val
 	if err != nil {
 		return err
 	}
-	if rs, ok := ctx.Value(readKey{}).(*readState); ok {
+	if rs != nil {
 		rs.scanned(field, dst, tok)
 	}
 	return nil
