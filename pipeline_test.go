@@ -168,3 +168,80 @@ func TestPipelineCleansUp(t *testing.T) {
 		t.Fatalf("%d goroutines after the reads, %d before", g, base)
 	}
 }
+
+// Concurrent large reads on one handle each get their own pipeline and
+// the right values (run with -race).
+func TestPipelineConcurrentReads(t *testing.T) {
+	testdb.ForEach(t, func(t *testing.T, db *gorm.DB) {
+		setup(t, db, newKeys(t))
+		rows := make([]Credential, 1100)
+		for i := range rows {
+			rows[i] = Credential{UserID: uint(1 + i%13), Facility: fmt.Sprint(i), Password: fmt.Sprint("pw-", i)}
+		}
+		must(t, db.CreateInBatches(&rows, 550).Error)
+		var warm []Credential
+		must(t, db.Find(&warm).Error)
+		errs := make(chan error, 8)
+		for g := range 8 {
+			go func() {
+				for range 3 {
+					var out []*Credential
+					if err := db.Order("id").Find(&out).Error; err != nil {
+						errs <- err
+						return
+					}
+					for i, c := range out {
+						if c.Password != fmt.Sprint("pw-", i) {
+							errs <- fmt.Errorf("goroutine %d row %d: %q", g, i, c.Password)
+							return
+						}
+					}
+				}
+				errs <- nil
+			}()
+		}
+		for range 8 {
+			if err := <-errs; err != nil {
+				t.Fatal(err)
+			}
+		}
+	})
+}
+
+// A partial Select reads the same with and without the pipeline: without
+// the owner column every token is refused, with it every value opens.
+func TestPipelinePartialSelect(t *testing.T) {
+	db := testdb.Open(t, testdb.SQLite)
+	setup(t, db, newKeys(t))
+	rows := make([]Credential, 700)
+	for i := range rows {
+		rows[i] = Credential{UserID: uint(1 + i%3), Password: fmt.Sprint("pw-", i), APIKey: ptr("k")}
+	}
+	must(t, db.CreateInBatches(&rows, 350).Error)
+	var warm []Credential
+	must(t, db.Find(&warm).Error)
+	read := func(pipeline bool, cols ...string) ([]Credential, error) {
+		defer envelope.SetPipelineForTest(pipeline)()
+		var out []Credential
+		err := db.Select(cols).Order("id").Find(&out).Error
+		return out, err
+	}
+	for _, cols := range [][]string{{"id", "password"}, {"id", "user_id", "password"}} {
+		got, err := read(true, cols...)
+		want, werr := read(false, cols...)
+		if fmt.Sprint(err) != fmt.Sprint(werr) {
+			t.Fatalf("%v: errors differ:\npipelined: %v\nserial:    %v", cols, err, werr)
+		}
+		for i := range want {
+			if got[i].Password != want[i].Password || got[i].APIKey != nil {
+				t.Fatalf("%v row %d: %q, want %q", cols, i, got[i].Password, want[i].Password)
+			}
+		}
+		if len(cols) == 3 && (err != nil || got[699].Password != "pw-699") {
+			t.Fatalf("%v: %v, last %q", cols, err, got[699].Password)
+		}
+		if len(cols) == 2 && !errors.Is(err, envelope.ErrNoOwner) {
+			t.Fatalf("%v: %v, want ErrNoOwner", cols, err)
+		}
+	}
+}
