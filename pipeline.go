@@ -110,7 +110,17 @@ func endPipeline(stmt *gorm.Statement) *readState {
 	}
 	stmt.Context = rs.parent
 	if rs.ch != nil {
+		// A large result: its last rows make one more batch, and this
+		// goroutine helps the workers finish rather than wait for them.
+		if !rs.off && rs.batch != nil && rs.rows > 0 {
+			rs.sent = append(rs.sent, rs.batch)
+			rs.ch <- rs.batch
+			rs.batch = nil
+		}
 		close(rs.ch)
+		for b := range rs.ch {
+			rs.work(b)
+		}
 	}
 	rs.wg.Wait()
 	if rs.off {
