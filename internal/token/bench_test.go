@@ -12,6 +12,8 @@ var benchSizes = []struct {
 	n    int
 }{
 	{"32B", 32},
+	{"256B", 256},
+	{"1KiB", 1024},
 	{"4KiB", 4096},
 }
 
