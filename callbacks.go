@@ -625,6 +625,7 @@ func (p *Plugin) statementMeta(db *gorm.DB) *modelMeta {
 }
 
 func (p *Plugin) beforeCreate(db *gorm.DB) {
+	p.profileWrite(db)
 	m := p.statementMeta(db)
 	if m == nil {
 		return
@@ -669,6 +670,7 @@ func (c *collector) addMaps(dest any) bool {
 }
 
 func (p *Plugin) beforeUpdate(db *gorm.DB) {
+	p.profileWrite(db)
 	m := p.statementMeta(db)
 	if m == nil || len(m.fields) == 0 {
 		return

@@ -53,12 +53,19 @@ func (p *Plugin) resolve(db *gorm.DB, owners []any, create bool) (map[any]*owner
 	keys := make(map[any]*ownerKey, len(owners))
 	var errs map[any]error
 	var missing []any
+	mode := modeOf(db)
 	for _, o := range owners {
 		if k, ok := p.cache.Get(o); ok {
 			keys[o] = k
-		} else {
-			missing = append(missing, o)
+			continue
 		}
+		if mode == txForeign {
+			if k, ok := p.txKeys.get(db.Statement.ConnPool, o); ok {
+				keys[o] = k
+				continue
+			}
+		}
+		missing = append(missing, o)
 	}
 	if len(missing) == 0 {
 		return keys, nil, nil
@@ -136,7 +143,9 @@ func (p *Plugin) resolve(db *gorm.DB, owners []any, create bool) (map[any]*owner
 			openInto(o, enc)
 		}
 	}
-	switch modeOf(db) {
+	switch mode {
+	case txForeign:
+		p.txKeys.record(db.Statement.ConnPool, loaded)
 	case txNone:
 		for o, k := range loaded {
 			p.cache.Put(o, k)

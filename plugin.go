@@ -76,6 +76,7 @@ type Plugin struct {
 	tables    sync.Map // table name -> *modelMeta of a model with encrypted fields
 
 	opened  *cache.Cache[string, *ownerKey] // opened DEKs by their stored bytes
+	txKeys  *txKeys                         // DEKs loaded in transactions the plugin did not start
 	opening singleflight.Group              // concurrent opens of one stored DEK
 
 	plaintextReads atomic.Uint64
@@ -107,6 +108,7 @@ func New(cfg Config) *Plugin {
 	}
 	p.cache = cache.New[any, *ownerKey](size, ttl)
 	p.opened = cache.New[string, *ownerKey](size, ttl)
+	p.txKeys = newTxKeys(256, ttl)
 	return p
 }
 
@@ -199,6 +201,7 @@ func (p *Plugin) register(db *gorm.DB) error {
 		{"envelope:guard_row", cb.Row().Before("gorm:row").Register("envelope:guard_row", p.guard)},
 		{"envelope:guard_update", cb.Update().Before("gorm:update").Register("envelope:guard_update", p.guard)},
 		{"envelope:guard_delete", cb.Delete().Before("gorm:delete").Register("envelope:guard_delete", p.guard)},
+		{"envelope:profile_delete", cb.Delete().Before("gorm:delete").Register("envelope:profile_delete", p.profileWrite)},
 		{"envelope:after_query", cb.Query().After("gorm:query").Before("gorm:preload").Register("envelope:after_query", p.afterQuery)},
 	}
 	for _, r := range regs {

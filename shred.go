@@ -61,6 +61,7 @@ func Shred(db *gorm.DB, owner any) error {
 			UpdateColumn(p.prof.DEK.DBName, dek.Tombstone()).Error
 	})
 	p.cache.Delete(o)
+	p.txKeys.forget(o)
 	for _, enc := range old {
 		p.opened.Delete(string(enc))
 	}
