@@ -29,7 +29,9 @@
 // is written, exactly once even under concurrent writers, and cached in
 // memory, bounded in count ([Config.CacheSize]) and lifetime
 // ([Config.CacheTTL]). A DEK created inside a transaction is cached only
-// once that transaction has committed. [Shred] destroys one owner's DEK,
+// once that transaction has committed; within a transaction the statement
+// did not start, DEKs it loaded serve its later statements until it
+// writes a profile. [Shred] destroys one owner's DEK,
 // and with it that owner's data.
 //
 // # Formats
