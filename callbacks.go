@@ -2,13 +2,10 @@ package envelope
 
 import (
 	"context"
-	"crypto/rand"
 	"fmt"
 	"reflect"
 	"strings"
-	"sync"
 	"time"
-	"unsafe"
 
 	"github.com/gorm-envelope/envelope/dek"
 	"github.com/gorm-envelope/envelope/internal/token"
@@ -34,7 +31,7 @@ type writeState struct {
 	m        *modelMeta // the statement's model
 	defOwner any
 	items    []item
-	toks     []string          // toks[i] is the token of items[i]
+	sealer   *sealer           // seals items[i] into its token
 	next     int               // the item after the last one found by address
 	byAddr   map[uintptr]int   // built on first use: field address -> item
 	byValue  map[tokKey]string // built on first use, for any other value
@@ -92,34 +89,38 @@ func (st *writeState) byAddress(a uintptr) (int, bool) {
 // fv in the struct dst. A value is found by its field's address, and only
 // if it is still the same column, plaintext and owner; else by column,
 // owner and plaintext.
-func (st *writeState) token(field *schema.Field, dst reflect.Value, plain string) (string, any, bool) {
+func (st *writeState) token(field *schema.Field, dst reflect.Value, plain string) (string, any, bool, error) {
 	r := reflect.Indirect(dst)
 	if a := st.fieldAddr(field, r); a != 0 {
 		if i, ok := st.byAddress(a); ok {
 			it := &st.items[i]
-			if it.f.DBName == field.DBName && it.plain == plain && r.Type() == it.m.schema.ModelType {
+			if it.f == field && it.plain == plain && r.Type() == it.m.schema.ModelType {
 				owner := it.m.ownerOf(r)
 				if owner == nil {
 					owner = st.defOwner
 				}
 				if owner == it.owner {
-					return st.toks[i], owner, true
+					tok, err := st.sealer.token(i)
+					return tok, owner, err == nil, err
 				}
 			}
 		}
 	}
 	owner := st.ownerFor(dst)
 	if st.byValue == nil {
+		if err := st.sealer.wait(); err != nil {
+			return "", owner, false, err
+		}
 		st.byValue = make(map[tokKey]string, len(st.items))
 		for i, it := range st.items {
 			k := tokKey{col: it.f.DBName, owner: it.owner, plain: it.plain}
 			if _, dup := st.byValue[k]; !dup {
-				st.byValue[k] = st.toks[i]
+				st.byValue[k] = st.sealer.toks[i]
 			}
 		}
 	}
 	tok, ok := st.byValue[tokKey{col: field.DBName, owner: owner, plain: plain}]
-	return tok, owner, ok
+	return tok, owner, ok, nil
 }
 
 func (st *writeState) ownerFor(dst reflect.Value) any {
@@ -503,24 +504,15 @@ func (c *collector) finish() {
 		return
 	}
 	// Encrypt, on several cores for a large statement.
-	// The clock is read once; each range reads its IVs in one call and
-	// writes its tokens into one buffer sized for them all.
-	toks := make([]string, len(c.items))
-	ts := time.Now().Unix()
-	var sealErr error
-	var mu sync.Mutex
-	parallel(len(c.items), func(_, lo, hi int) {
-		if err := sealRange(c.items[lo:hi], ciphers[lo:hi], toks[lo:hi], ts); err != nil {
-			mu.Lock()
-			sealErr = err
-			mu.Unlock()
-		}
-	})
-	if sealErr != nil {
-		db.AddError(sealErr)
+	// Sealing starts now, on other cores for a large statement, and the
+	// serializer waits only for the values it is asked for.
+	sl, err := newSealer(c.items, ciphers, time.Now().Unix())
+	if err != nil {
+		db.AddError(err)
 		return
 	}
-	st := &writeState{p: c.p, db: db, m: c.m, defOwner: c.defOwner, items: c.items, toks: toks}
+	sl.start()
+	st := &writeState{p: c.p, db: db, m: c.m, defOwner: c.defOwner, items: c.items, sealer: sl}
 	r := &restore{ctx: db.Statement.Context}
 	db.Statement.Context = context.WithValue(db.Statement.Context, stateKey{}, st)
 	for _, e := range c.edits {
@@ -536,37 +528,6 @@ func (c *collector) finish() {
 // sealValue encrypts a plaintext, or keeps it if it already is a token that
 // opens under the owner's DEK: a ciphertext read by a path without
 // callbacks (Raw().Scan, ScanRows) and saved again is stored unchanged.
-// sealRange encrypts items into toks. A value that already is a token of
-// its owner is kept as it is.
-func sealRange(items []item, ciphers []*token.Cipher, toks []string, ts int64) error {
-	ivs := make([]byte, len(items)*token.IVSize)
-	if _, err := rand.Read(ivs); err != nil {
-		return fmt.Errorf("envelope: encrypt: %w", err)
-	}
-	size := 0
-	for i := range items {
-		size += token.EncryptedLen(len(items[i].plain))
-	}
-	buf := make([]byte, 0, size) // never grows: the tokens can share it
-	for i := range items {
-		plain := items[i].plain
-		if token.LooksLikeString(plain) {
-			if _, err := ciphers[i].DecryptString(plain); err == nil {
-				toks[i] = plain
-				continue
-			}
-		}
-		start := len(buf)
-		var err error
-		buf, err = ciphers[i].AppendEncryptIV(buf, unsafe.Slice(unsafe.StringData(plain), len(plain)), ts, (*[token.IVSize]byte)(ivs[i*token.IVSize:]))
-		if err != nil {
-			return fmt.Errorf("envelope: encrypt: %w", err)
-		}
-		toks[i] = unsafe.String(&buf[start], len(buf)-start)
-	}
-	clear(ivs)
-	return nil
-}
 
 func distinctOwners(items []item) []any {
 	seen := make(map[any]struct{})

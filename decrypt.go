@@ -309,16 +309,18 @@ func parallel(n int, fn func(w, lo, hi int)) {
 		fn(0, 0, n)
 		return
 	}
+	// The calling goroutine takes the last range itself.
 	chunk := (n + workers - 1) / workers
 	var wg sync.WaitGroup
-	for w, lo := 0, 0; lo < n; w, lo = w+1, lo+chunk {
-		hi := min(lo+chunk, n)
+	w, lo := 0, 0
+	for ; lo+chunk < n; w, lo = w+1, lo+chunk {
 		wg.Add(1)
-		go func() {
+		go func(w, lo int) {
 			defer wg.Done()
-			fn(w, lo, hi)
-		}()
+			fn(w, lo, lo+chunk)
+		}(w, lo)
 	}
+	fn(w, lo, n)
 	wg.Wait()
 }
 

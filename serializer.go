@@ -94,7 +94,10 @@ func (Serializer) Value(ctx context.Context, field *schema.Field, dst reflect.Va
 	if st == nil {
 		return nil, fmt.Errorf("%w: %s.%s: an encrypted value can only be written by Create, Save or Update, and compared in no query (see docs/security-model.md)", ErrUnsafe, field.Schema.Name, field.Name)
 	}
-	tok, owner, ok := st.token(field, dst, plain)
+	tok, owner, ok, err := st.token(field, dst, plain)
+	if err != nil {
+		return nil, err
+	}
 	if !ok {
 		return nil, fmt.Errorf("%w: %s.%s: value was not prepared for owner %v", ErrNoOwner, field.Schema.Name, field.Name, owner)
 	}

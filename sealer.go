@@ -1,0 +1,160 @@
+package envelope
+
+import (
+	"crypto/rand"
+	"fmt"
+	"runtime"
+	"sync/atomic"
+	"unsafe"
+
+	"github.com/gorm-envelope/envelope/internal/token"
+)
+
+// sealChunk is the number of values sealed as one unit of work.
+const sealChunk = 64
+
+// sealer encrypts the values of one write statement, in chunks. For a
+// large statement, worker goroutines take the chunks in order as soon as
+// the before-write callback has checked every owner's key, while GORM goes
+// on building the statement; the serializer, asked for a value whose chunk
+// is not done yet, seals that chunk itself or waits for the worker sealing
+// it. Either way each value is sealed exactly once.
+type sealer struct {
+	items   []item
+	ciphers []*token.Cipher
+	toks    []string
+	ivs     []byte
+	ts      int64
+	state   []atomic.Int32 // per chunk: 0 to do, 1 being sealed, 2 done
+	next    atomic.Int64   // the next chunk a worker takes
+	err     atomic.Pointer[error]
+}
+
+const (
+	chunkTodo int32 = iota
+	chunkSealing
+	chunkDone
+)
+
+// newSealer prepares the sealing of items, each under its cipher, with
+// timestamp ts. The IVs are read from crypto/rand at once.
+func newSealer(items []item, ciphers []*token.Cipher, ts int64) (*sealer, error) {
+	s := &sealer{
+		items:   items,
+		ciphers: ciphers,
+		toks:    make([]string, len(items)),
+		ivs:     make([]byte, len(items)*token.IVSize),
+		ts:      ts,
+		state:   make([]atomic.Int32, (len(items)+sealChunk-1)/sealChunk),
+	}
+	if _, err := rand.Read(s.ivs); err != nil {
+		return nil, fmt.Errorf("envelope: encrypt: %w", err)
+	}
+	return s, nil
+}
+
+// start seals a large statement's values on GOMAXPROCS-1 goroutines in the
+// background; a small one is sealed by the first value asked for.
+func (s *sealer) start() {
+	if len(s.items) < parallelMin {
+		return
+	}
+	for range max(runtime.GOMAXPROCS(0)-1, 1) {
+		go func() {
+			for {
+				c := int(s.next.Add(1) - 1)
+				if c >= len(s.state) {
+					return
+				}
+				if s.state[c].CompareAndSwap(chunkTodo, chunkSealing) {
+					s.seal(c)
+				}
+			}
+		}()
+	}
+}
+
+// token returns the token of items[i], sealing its chunk if nobody has
+// started it, else waiting for it.
+func (s *sealer) token(i int) (string, error) {
+	if err := s.done(i / sealChunk); err != nil {
+		return "", err
+	}
+	return s.toks[i], nil
+}
+
+// wait returns once every value is sealed.
+func (s *sealer) wait() error {
+	for c := range s.state {
+		if err := s.done(c); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+func (s *sealer) done(c int) error {
+	for {
+		switch s.state[c].Load() {
+		case chunkDone:
+			if e := s.err.Load(); e != nil {
+				return *e
+			}
+			return nil
+		case chunkTodo:
+			if s.state[c].CompareAndSwap(chunkTodo, chunkSealing) {
+				s.seal(c)
+			}
+		default:
+			// A worker is sealing it: seal a later chunk meanwhile, or
+			// yield if none is left.
+			if !s.help(c + 1) {
+				runtime.Gosched()
+			}
+		}
+	}
+}
+
+// help seals the first chunk from c on that nobody has started, and
+// reports whether there was one.
+func (s *sealer) help(c int) bool {
+	for ; c < len(s.state); c++ {
+		if s.state[c].Load() == chunkTodo && s.state[c].CompareAndSwap(chunkTodo, chunkSealing) {
+			s.seal(c)
+			return true
+		}
+	}
+	return false
+}
+
+// seal encrypts chunk c into one buffer sized for its tokens, then marks
+// it done. A value that already is a token of its owner is kept as is.
+func (s *sealer) seal(c int) {
+	defer s.state[c].Store(chunkDone)
+	lo, hi := c*sealChunk, min((c+1)*sealChunk, len(s.items))
+	size := 0
+	for i := lo; i < hi; i++ {
+		size += token.EncryptedLen(len(s.items[i].plain))
+	}
+	buf := make([]byte, 0, size) // never grows: the tokens can share it
+	for i := lo; i < hi; i++ {
+		plain := s.items[i].plain
+		if token.LooksLikeString(plain) {
+			if _, err := s.ciphers[i].DecryptString(plain); err == nil {
+				s.toks[i] = plain
+				continue
+			}
+		}
+		iv := (*[token.IVSize]byte)(s.ivs[i*token.IVSize:])
+		start := len(buf)
+		var err error
+		buf, err = s.ciphers[i].AppendEncryptIV(buf, unsafe.Slice(unsafe.StringData(plain), len(plain)), s.ts, iv)
+		clear(iv[:])
+		if err != nil {
+			err = fmt.Errorf("envelope: encrypt: %w", err)
+			s.err.CompareAndSwap(nil, &err)
+			return
+		}
+		s.toks[i] = unsafe.String(&buf[start], len(buf)-start)
+	}
+}
