@@ -295,9 +295,10 @@ func (p *Plugin) decryptTargets(db *gorm.DB, targets []target, owners map[any]st
 	}
 }
 
-// parallelMin is the number of rows from which a result is decrypted on
-// several cores: below it, starting goroutines costs more than it saves
-// (measured with BenchmarkDecryptRows).
+// parallelMin is the number of rows (or values) from which work is spread
+// over several cores. Measured on 2 cores, reading rows of 2 encrypted
+// fields from SQLite without the pipeline: 256 rows are 9% slower on two
+// goroutines, 512 break even, 1024 are 8% faster.
 var parallelMin = 512
 
 // parallel calls fn over [0, n) in contiguous ranges, the w-th of
