@@ -23,8 +23,9 @@ type tokKey struct {
 	plain string
 }
 
-// writeState is what a statement's serializer Value calls read: the tokens
-// the before-write callback prepared. It lives in the statement's context.
+// writeState is what a statement's serializer Value calls read: the values
+// the before-write callback collected and the sealer encrypting them. It
+// lives in the statement's context.
 type writeState struct {
 	p        *Plugin
 	db       *gorm.DB
@@ -448,9 +449,9 @@ func (c *collector) onConflict() {
 	}
 }
 
-// finish resolves the owners' DEKs, encrypts every collected value and
-// installs the tokens for the serializer. On any error it adds one error
-// to the statement, so nothing is written.
+// finish resolves the owners' DEKs, starts encrypting every collected value
+// and installs them for the serializer. On any error it adds one error to
+// the statement, so nothing is written.
 func (c *collector) finish() {
 	db := c.db
 	if len(c.errs) > 0 {
