@@ -7,7 +7,7 @@
 # Environment: COUNT (default 6), BENCHTIME for the 10k-row benchmarks
 # (default 10x), ENVELOPE_TEST_POSTGRES_DSN (default
 # "host=127.0.0.1 user=postgres dbname=test sslmode=disable"; PostgreSQL is
-# skipped when unreachable). Takes about 10 minutes on 2 cores.
+# skipped when unreachable). Takes about 4 minutes on 2 cores.
 set -euo pipefail
 
 here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
