@@ -108,7 +108,7 @@ func New(cfg Config) *Plugin {
 	}
 	p.cache = cache.New[any, *ownerKey](size, ttl)
 	p.opened = cache.New[string, *ownerKey](size, ttl)
-	p.txKeys = newTxKeys(256, ttl)
+	p.txKeys = newTxKeys(4096, ttl)
 	return p
 }
 

@@ -1,9 +1,11 @@
 package envelope
 
 import (
-	"reflect"
+	"database/sql"
+	"runtime"
 	"sync"
 	"time"
+	"weak"
 
 	"gorm.io/gorm"
 )
@@ -24,62 +26,75 @@ import (
 // the plugin creating a DEK, the app creating, updating or deleting a
 // Profile, or a shred. Profile rows changed by raw SQL in the same
 // transaction are not seen (as for the shared cache, within
-// Config.CacheTTL). An entry lives for at most CacheTTL.
+// Config.CacheTTL). DEKs are served for at most CacheTTL; an entry lives as
+// long as its transaction object.
 type txKeys struct {
 	mu  sync.Mutex
-	m   map[gorm.ConnPool]*txEntry
-	max int
+	m   map[any]*txEntry // weak pointer to the transaction -> its entry
+	max int              // entries with DEKs; an entry that only says "disabled" is always kept
 	ttl time.Duration
 	now func() time.Time
 }
 
 type txEntry struct {
 	keys     map[any]*ownerKey
-	disabled bool // the transaction wrote profiles: serve nothing
-	expires  time.Time
+	disabled bool      // the transaction wrote profiles: serve nothing, for its whole life
+	expires  time.Time // when keys must be looked up again
 }
 
 func newTxKeys(max int, ttl time.Duration) *txKeys {
-	return &txKeys{m: map[gorm.ConnPool]*txEntry{}, max: max, ttl: ttl, now: time.Now}
+	return &txKeys{m: map[any]*txEntry{}, max: max, ttl: ttl, now: time.Now}
 }
 
-// usable reports whether pool can key an entry: a pointer (a *sql.Tx or a
-// wrapper of one), compared by identity.
-func usablePool(pool gorm.ConnPool) bool {
-	return pool != nil && reflect.TypeOf(pool).Kind() == reflect.Pointer
+// keyOf returns a key for the transaction pool that does not keep it
+// alive, and a function that removes the pool's entry once the pool is
+// collected; ok is false for a pool the cache does not know. An entry
+// therefore lives exactly as long as its transaction object: it is never
+// evicted or expired while the transaction may still run statements, so
+// the fact that a transaction wrote profiles is never forgotten.
+func (t *txKeys) keyOf(pool gorm.ConnPool) (key any, watch func(), ok bool) {
+	switch p := pool.(type) {
+	case *sql.Tx:
+		k := weak.Make(p)
+		return k, func() { runtime.AddCleanup(p, t.drop, any(k)) }, true
+	case *gorm.PreparedStmtTX:
+		k := weak.Make(p)
+		return k, func() { runtime.AddCleanup(p, t.drop, any(k)) }, true
+	}
+	return nil, nil, false
 }
 
-// entry returns the live entry of pool, creating it if create; nil if
-// there is none or caching is off. Callers hold t.mu.
-func (t *txKeys) entry(pool gorm.ConnPool, create bool) *txEntry {
-	if t.max <= 0 || t.ttl <= 0 || !usablePool(pool) {
+func (t *txKeys) drop(key any) {
+	t.mu.Lock()
+	delete(t.m, key)
+	t.mu.Unlock()
+}
+
+// entry returns the entry of pool, creating it if create (and, unless
+// force, only while fewer than max entries exist); nil if there is none or
+// the cache is off. Callers hold t.mu.
+func (t *txKeys) entry(pool gorm.ConnPool, create, force bool) *txEntry {
+	if t.max <= 0 || t.ttl <= 0 {
+		return nil
+	}
+	key, watch, ok := t.keyOf(pool)
+	if !ok {
 		return nil
 	}
 	now := t.now()
-	if e, ok := t.m[pool]; ok {
-		if now.Before(e.expires) {
-			return e
+	if e, ok := t.m[key]; ok {
+		if !now.Before(e.expires) {
+			clear(e.keys)
+			e.expires = now.Add(t.ttl)
 		}
-		delete(t.m, pool)
+		return e
 	}
-	if !create {
+	if !create || (!force && len(t.m) >= t.max) {
 		return nil
 	}
-	if len(t.m) >= t.max {
-		for p, e := range t.m { // drop the expired, else any one
-			if !now.Before(e.expires) {
-				delete(t.m, p)
-			}
-		}
-		for p := range t.m {
-			if len(t.m) < t.max {
-				break
-			}
-			delete(t.m, p)
-		}
-	}
 	e := &txEntry{keys: map[any]*ownerKey{}, expires: now.Add(t.ttl)}
-	t.m[pool] = e
+	t.m[key] = e
+	watch()
 	return e
 }
 
@@ -87,7 +102,7 @@ func (t *txKeys) entry(pool gorm.ConnPool, create bool) *txEntry {
 func (t *txKeys) get(pool gorm.ConnPool, o any) (*ownerKey, bool) {
 	t.mu.Lock()
 	defer t.mu.Unlock()
-	e := t.entry(pool, false)
+	e := t.entry(pool, false, false)
 	if e == nil || e.disabled {
 		return nil, false
 	}
@@ -99,7 +114,7 @@ func (t *txKeys) get(pool gorm.ConnPool, o any) (*ownerKey, bool) {
 func (t *txKeys) record(pool gorm.ConnPool, loaded map[any]*ownerKey) {
 	t.mu.Lock()
 	defer t.mu.Unlock()
-	e := t.entry(pool, true)
+	e := t.entry(pool, true, false)
 	if e == nil || e.disabled {
 		return
 	}
@@ -112,7 +127,7 @@ func (t *txKeys) record(pool gorm.ConnPool, loaded map[any]*ownerKey) {
 func (t *txKeys) disable(pool gorm.ConnPool) {
 	t.mu.Lock()
 	defer t.mu.Unlock()
-	if e := t.entry(pool, true); e != nil {
+	if e := t.entry(pool, true, true); e != nil {
 		e.disabled = true
 		clear(e.keys)
 	}

@@ -2,13 +2,16 @@ package envelope
 
 import (
 	"database/sql"
+	"runtime"
 	"testing"
 	"time"
 )
 
-// The per-transaction DEKs expire with the cache's lifetime, are bounded
-// in transactions, stop being served once a transaction wrote profiles,
-// and are only kept for pools that are pointers.
+// DEKs recorded in a transaction are served to it alone, for at most the
+// cache's lifetime; once the transaction wrote profiles nothing is served
+// for the rest of its life, even after that lifetime or when the cache is
+// full; a forgotten owner is dropped everywhere; a pool that is not a
+// known transaction type is not cached.
 func TestTxKeysLifetimeAndBound(t *testing.T) {
 	now := time.Unix(1000, 0)
 	tk := newTxKeys(2, time.Minute)
@@ -23,29 +26,57 @@ func TestTxKeysLifetimeAndBound(t *testing.T) {
 		t.Fatal("DEK served to another transaction")
 	}
 	tk.record(b, map[any]*ownerKey{int64(1): k})
-	tk.record(c, map[any]*ownerKey{int64(1): k})
-	if len(tk.m) > 2 {
-		t.Fatalf("%d transactions kept, bound is 2", len(tk.m))
+	tk.record(c, map[any]*ownerKey{int64(1): k}) // over the bound: not kept
+	if _, ok := tk.get(c, int64(1)); ok || len(tk.m) != 2 {
+		t.Fatalf("%d entries kept, bound is 2", len(tk.m))
 	}
-	tk.disable(c)
-	if _, ok := tk.get(c, int64(1)); ok {
+	tk.disable(c) // kept although the cache is full
+	tk.record(c, map[any]*ownerKey{int64(2): k})
+	if _, ok := tk.get(c, int64(2)); ok {
 		t.Fatal("DEK served after the transaction wrote profiles")
+	}
+	now = now.Add(2 * time.Minute)
+	if _, ok := tk.get(a, int64(1)); ok {
+		t.Fatal("DEK served after its lifetime")
 	}
 	tk.record(c, map[any]*ownerKey{int64(2): k})
 	if _, ok := tk.get(c, int64(2)); ok {
-		t.Fatal("DEK recorded after the transaction wrote profiles")
-	}
-	tk.record(a, map[any]*ownerKey{int64(3): k})
-	now = now.Add(2 * time.Minute)
-	if _, ok := tk.get(a, int64(3)); ok {
-		t.Fatal("DEK served after its lifetime")
+		t.Fatal("a transaction that wrote profiles was served DEKs after the lifetime")
 	}
 	tk.record(a, map[any]*ownerKey{int64(3): k})
 	tk.forget(int64(3))
 	if _, ok := tk.get(a, int64(3)); ok {
 		t.Fatal("forgotten DEK served")
 	}
-	if usablePool(nil) {
-		t.Fatal("nil pool usable")
+	tk.record(nil, map[any]*ownerKey{int64(4): k})
+	if _, ok := tk.get(nil, int64(4)); ok {
+		t.Fatal("a nil pool was cached")
+	}
+	runtime.KeepAlive(a)
+	runtime.KeepAlive(b)
+	runtime.KeepAlive(c)
+}
+
+// An entry goes away once its transaction object is collected.
+func TestTxKeysDroppedWithTransaction(t *testing.T) {
+	tk := newTxKeys(10, time.Minute)
+	func() {
+		tx := &sql.Tx{}
+		tk.disable(tx)
+		tk.record(&sql.Tx{}, map[any]*ownerKey{int64(1): {}})
+	}()
+	deadline := time.Now().Add(5 * time.Second)
+	for {
+		runtime.GC()
+		tk.mu.Lock()
+		n := len(tk.m)
+		tk.mu.Unlock()
+		if n == 0 {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("%d entries left after their transactions were collected", n)
+		}
+		time.Sleep(10 * time.Millisecond)
 	}
 }

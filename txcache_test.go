@@ -48,9 +48,20 @@ func TestTransactionLooksOwnersUpOnce(t *testing.T) {
 		if n := log.count("SELECT", "profiles"); n != 1 {
 			t.Fatalf("3 writes in one transaction made %d profiles queries, want 1", n)
 		}
+		// With prepared statements the transaction is GORM's wrapper of it.
+		envelope.PurgeCacheForTest(plugin)
+		log.Reset()
+		more := make([]Credential, 600)
+		for i := range more {
+			more[i] = Credential{UserID: uint(1 + i%20), Password: fmt.Sprint("prep-", i)}
+		}
+		must(t, cold.Session(&gorm.Session{PrepareStmt: true}).CreateInBatches(&more, 300).Error)
+		if n := log.count("SELECT", "profiles"); n != 1 {
+			t.Fatalf("CreateInBatches with prepared statements made %d profiles queries, want 1", n)
+		}
 		var got []Credential
 		must(t, db.Order("id").Find(&got).Error)
-		if len(got) != 903 || got[899].Password != "pw-899" || got[902].Password != "tx-2" {
+		if len(got) != 1503 || got[899].Password != "pw-899" || got[902].Password != "tx-2" || got[1502].Password != "prep-599" {
 			t.Fatalf("read back %d rows", len(got))
 		}
 	})
