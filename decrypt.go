@@ -20,7 +20,6 @@ type target struct {
 	m     *modelMeta
 	v     reflect.Value
 	owner any
-	row   int // index in the result slice; -1 for a joined struct
 }
 
 // joinPath is a chain of has-one/belongs-to relationships loaded by Joins.
@@ -101,23 +100,23 @@ func (p *Plugin) afterQuery(db *gorm.DB) {
 		return
 	}
 	targets := make([]target, 0, n*(1+len(joins)))
-	add := func(m *modelMeta, v reflect.Value, row int) {
+	add := func(m *modelMeta, v reflect.Value) {
 		if m == nil || len(m.fields) == 0 {
 			return
 		}
 		o := m.ownerOf(v)
-		targets = append(targets, target{m: m, v: v, owner: o, row: row})
+		targets = append(targets, target{m: m, v: v, owner: o})
 		if o != nil && m.anyToken(v) {
 			owners[o] = struct{}{}
 		}
 	}
-	visit := func(v reflect.Value, row int) {
+	visit := func(v reflect.Value) {
 		v = reflect.Indirect(v)
 		if v.Kind() != reflect.Struct {
 			return
 		}
 		if elemType == v.Type() {
-			add(m, v, row)
+			add(m, v)
 		}
 		for _, path := range joins {
 			nv := v
@@ -134,18 +133,18 @@ func (p *Plugin) afterQuery(db *gorm.DB) {
 				}
 			}
 			if nv.IsValid() {
-				add(p.metaOf(path[len(path)-1].FieldSchema), nv, -1)
+				add(p.metaOf(path[len(path)-1].FieldSchema), nv)
 			}
 		}
 	}
 	if rv.Kind() == reflect.Struct {
-		visit(rv, -1)
+		visit(rv)
 	} else {
 		for i := 0; i < rv.Len(); i++ {
-			visit(rv.Index(i), i)
+			visit(rv.Index(i))
 		}
 	}
-	p.decryptTargets(db, targets, owners, rs)
+	p.decryptTargets(db, targets, owners)
 }
 
 // afterQuerySlice decrypts a slice of the model, the common case. Rows the
@@ -168,7 +167,7 @@ func (p *Plugin) afterQuerySlice(db *gorm.DB, rv reflect.Value, elemType reflect
 				continue
 			}
 			o := m.ownerOf(v)
-			targets[i] = target{m: m, v: v, owner: o, row: i}
+			targets[i] = target{m: m, v: v, owner: o}
 			if o != nil && m.anyToken(v) {
 				set[o] = struct{}{}
 			}
@@ -201,7 +200,7 @@ func (p *Plugin) afterQuerySlice(db *gorm.DB, rv reflect.Value, elemType reflect
 					continue
 				}
 				o := m.ownerOf(v)
-				targets[i] = target{m: m, v: v, owner: o, row: i}
+				targets[i] = target{m: m, v: v, owner: o}
 				if o != nil && keys[o] == nil && kerrs[o] == nil && m.anyToken(v) {
 					mu.Lock()
 					missing = append(missing, o)
@@ -225,7 +224,7 @@ func (p *Plugin) afterQuerySlice(db *gorm.DB, rv reflect.Value, elemType reflect
 			keys, kerrs = mergeKeys(keys, k2), mergeErrs(kerrs, e2)
 		}
 	}
-	if errs := p.decryptAll(targets, keys, kerrs, rs); len(errs) > 0 {
+	if errs := p.decryptAll(targets, keys, kerrs); len(errs) > 0 {
 		db.AddError(join(errs))
 	}
 }
@@ -282,7 +281,7 @@ func mergeErrs(a, b map[any]error) map[any]error {
 
 // decryptTargets resolves the owners' DEKs (one lookup for those not
 // cached) and decrypts every target; a target without a model is skipped.
-func (p *Plugin) decryptTargets(db *gorm.DB, targets []target, owners map[any]struct{}, rs *readState) {
+func (p *Plugin) decryptTargets(db *gorm.DB, targets []target, owners map[any]struct{}) {
 	if len(targets) == 0 {
 		return
 	}
@@ -290,7 +289,7 @@ func (p *Plugin) decryptTargets(db *gorm.DB, targets []target, owners map[any]st
 	if !ok {
 		return
 	}
-	if errs := p.decryptAll(targets, keys, kerrs, rs); len(errs) > 0 {
+	if errs := p.decryptAll(targets, keys, kerrs); len(errs) > 0 {
 		db.AddError(join(errs))
 	}
 }
@@ -337,21 +336,17 @@ func parallelFrom(lo, hi int, fn func(w, lo, hi int)) {
 // Each goroutine owns a contiguous range of rows, and the errors are
 // returned in row order, so results and errors are the same whatever the
 // number of cores.
-func (p *Plugin) decryptAll(targets []target, keys map[any]*ownerKey, kerrs map[any]error, rs *readState) []error {
+func (p *Plugin) decryptAll(targets []target, keys map[any]*ownerKey, kerrs map[any]error) []error {
 	parts := make([][]error, max(runtime.GOMAXPROCS(0), 1))
-	var pipelined atomic.Uint64
 	parallel(len(targets), func(w, lo, hi int) {
-		var used uint64
 		var ar arena
 		for i, t := range targets[lo:hi] {
 			if t.m == nil { // not a struct of the model
 				continue
 			}
-			parts[w] = p.decryptTarget(t, keys, kerrs, rs, &used, &ar, (hi-lo-i)*len(t.m.fields), parts[w])
+			parts[w] = p.decryptTarget(t, keys, kerrs, &ar, (hi-lo-i)*len(t.m.fields), parts[w])
 		}
-		pipelined.Add(used)
 	})
-	p.pipelined.Add(pipelined.Load())
 	var errs []error
 	for _, part := range parts {
 		errs = append(errs, part...)
@@ -434,7 +429,7 @@ func zeroTokens(t target) {
 	}
 }
 
-func (p *Plugin) decryptTarget(t target, keys map[any]*ownerKey, kerrs map[any]error, rs *readState, used *uint64, ar *arena, left int, errs []error) []error {
+func (p *Plugin) decryptTarget(t target, keys map[any]*ownerKey, kerrs map[any]error, ar *arena, left int, errs []error) []error {
 	var (
 		k      *ownerKey
 		kerr   error
@@ -499,13 +494,7 @@ func (p *Plugin) decryptTarget(t target, keys map[any]*ownerKey, kerrs map[any]e
 			fail(ErrShredded)
 			continue
 		}
-		msg, ok := rs.opened(t.row, i, k, b)
-		var err error
-		if ok {
-			*used++
-		} else {
-			msg, err = ar.decrypt(k.c, b, left)
-		}
+		msg, err := ar.decrypt(k.c, b, left)
 		if err != nil {
 			fail(fmt.Errorf("%w: token does not open under the owner's DEK", ErrDecrypt))
 			continue

@@ -393,23 +393,6 @@ func (rs *readState) apply(r int, v reflect.Value) int {
 	return n
 }
 
-// opened returns the plaintext a worker got for field j of result row r
-// under key k, if it decrypted exactly the token tok.
-func (rs *readState) opened(r, j int, k *ownerKey, tok string) ([]byte, bool) {
-	if rs == nil || r < 0 || k == nil {
-		return nil, false
-	}
-	bi := r / pipeRows
-	if bi >= len(rs.sent) {
-		return nil, false
-	}
-	it := &rs.sent[bi].items[(r%pipeRows)*rs.nf+j]
-	if it.k != k || len(it.tok) != len(tok) || len(tok) == 0 || unsafe.StringData(it.tok) != unsafe.StringData(tok) {
-		return nil, false
-	}
-	return it.msg, true
-}
-
 // arena hands out the memory of decrypted values from shared chunks, so
 // that many small values cost one allocation. A chunk is sized for the
 // values still to come (at most arenaChunk bytes); values are returned
