@@ -221,7 +221,7 @@ func (p *Plugin) afterQuerySlice(db *gorm.DB, rv reflect.Value, elemType reflect
 			if !ok {
 				return
 			}
-			keys, kerrs = mergeKeys(keys, k2), mergeErrs(kerrs, e2)
+			keys, kerrs = merge(keys, k2), merge(kerrs, e2)
 		}
 	}
 	if errs := p.decryptAll(targets, keys, kerrs); len(errs) > 0 {
@@ -259,17 +259,8 @@ func (p *Plugin) resolveOwners(db *gorm.DB, owners map[any]struct{}, targets []t
 	return keys, kerrs, true
 }
 
-func mergeKeys(a, b map[any]*ownerKey) map[any]*ownerKey {
-	if a == nil {
-		return b
-	}
-	for k, v := range b {
-		a[k] = v
-	}
-	return a
-}
-
-func mergeErrs(a, b map[any]error) map[any]error {
+// merge adds b's entries to a (a may be nil) and returns it.
+func merge[V any](a, b map[any]V) map[any]V {
 	if a == nil {
 		return b
 	}

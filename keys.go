@@ -25,6 +25,7 @@ const (
 	txNone    txMode = iota // autocommit: whatever is read or created is durable
 	txOwn                   // a transaction this statement started: cache after its commit
 	txForeign               // the caller's transaction: never cache, it may roll back
+	txUnknown               // not asked yet
 )
 
 func modeOf(db *gorm.DB) txMode {
@@ -53,11 +54,14 @@ func (p *Plugin) resolve(db *gorm.DB, owners []any, create bool) (map[any]*owner
 	keys := make(map[any]*ownerKey, len(owners))
 	var errs map[any]error
 	var missing []any
-	mode := modeOf(db)
+	mode := txUnknown // asked only once an owner misses the cache
 	for _, o := range owners {
 		if k, ok := p.cache.Get(o); ok {
 			keys[o] = k
 			continue
+		}
+		if mode == txUnknown {
+			mode = modeOf(db)
 		}
 		if mode == txForeign {
 			if k, ok := p.txKeys.get(db.Statement.ConnPool, o); ok {
