@@ -54,22 +54,20 @@ func (p *Plugin) resolve(db *gorm.DB, owners []any, create bool) (map[any]*owner
 	keys := make(map[any]*ownerKey, len(owners))
 	var errs map[any]error
 	var missing []any
-	mode := txUnknown // asked only once an owner misses the cache
 	for _, o := range owners {
 		if k, ok := p.cache.Get(o); ok {
 			keys[o] = k
-			continue
+		} else {
+			missing = append(missing, o)
 		}
-		if mode == txUnknown {
-			mode = modeOf(db)
-		}
+	}
+	// The mode is asked only when an owner misses the cache.
+	mode := txUnknown
+	if len(missing) > 0 {
+		mode = modeOf(db)
 		if mode == txForeign {
-			if k, ok := p.txKeys.get(db.Statement.ConnPool, o); ok {
-				keys[o] = k
-				continue
-			}
+			missing = p.txKeys.fill(db.Statement.ConnPool, missing, keys)
 		}
-		missing = append(missing, o)
 	}
 	if len(missing) == 0 {
 		return keys, nil, nil

@@ -55,9 +55,15 @@ func newTxKeys(max int, ttl time.Duration) *txKeys {
 func (t *txKeys) keyOf(pool gorm.ConnPool) (key any, watch func(), ok bool) {
 	switch p := pool.(type) {
 	case *sql.Tx:
+		if p == nil {
+			return nil, nil, false
+		}
 		k := weak.Make(p)
 		return k, func() { runtime.AddCleanup(p, t.drop, any(k)) }, true
 	case *gorm.PreparedStmtTX:
+		if p == nil {
+			return nil, nil, false
+		}
 		k := weak.Make(p)
 		return k, func() { runtime.AddCleanup(p, t.drop, any(k)) }, true
 	}
@@ -98,16 +104,24 @@ func (t *txKeys) entry(pool gorm.ConnPool, create, force bool) *txEntry {
 	return e
 }
 
-// get returns the DEK the transaction loaded for o.
-func (t *txKeys) get(pool gorm.ConnPool, o any) (*ownerKey, bool) {
+// fill puts in keys the DEKs the transaction loaded for owners, and
+// returns the owners it had none for.
+func (t *txKeys) fill(pool gorm.ConnPool, owners []any, keys map[any]*ownerKey) []any {
 	t.mu.Lock()
 	defer t.mu.Unlock()
 	e := t.entry(pool, false, false)
-	if e == nil || e.disabled {
-		return nil, false
+	if e == nil || e.disabled || len(e.keys) == 0 {
+		return owners
 	}
-	k, ok := e.keys[o]
-	return k, ok
+	rest := owners[:0]
+	for _, o := range owners {
+		if k, ok := e.keys[o]; ok {
+			keys[o] = k
+		} else {
+			rest = append(rest, o)
+		}
+	}
+	return rest
 }
 
 // record notes the DEKs a statement of the transaction loaded.

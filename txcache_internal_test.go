@@ -19,42 +19,49 @@ func TestTxKeysLifetimeAndBound(t *testing.T) {
 	k := &ownerKey{}
 	a, b, c := &sql.Tx{}, &sql.Tx{}, &sql.Tx{}
 	tk.record(a, map[any]*ownerKey{int64(1): k})
-	if got, ok := tk.get(a, int64(1)); !ok || got != k {
+	if got, ok := get(tk, a, int64(1)); !ok || got != k {
 		t.Fatal("recorded DEK not served")
 	}
-	if _, ok := tk.get(b, int64(1)); ok {
+	if _, ok := get(tk, b, int64(1)); ok {
 		t.Fatal("DEK served to another transaction")
 	}
 	tk.record(b, map[any]*ownerKey{int64(1): k})
 	tk.record(c, map[any]*ownerKey{int64(1): k}) // over the bound: not kept
-	if _, ok := tk.get(c, int64(1)); ok || len(tk.m) != 2 {
+	if _, ok := get(tk, c, int64(1)); ok || len(tk.m) != 2 {
 		t.Fatalf("%d entries kept, bound is 2", len(tk.m))
 	}
 	tk.disable(c) // kept although the cache is full
 	tk.record(c, map[any]*ownerKey{int64(2): k})
-	if _, ok := tk.get(c, int64(2)); ok {
+	if _, ok := get(tk, c, int64(2)); ok {
 		t.Fatal("DEK served after the transaction wrote profiles")
 	}
 	now = now.Add(2 * time.Minute)
-	if _, ok := tk.get(a, int64(1)); ok {
+	if _, ok := get(tk, a, int64(1)); ok {
 		t.Fatal("DEK served after its lifetime")
 	}
 	tk.record(c, map[any]*ownerKey{int64(2): k})
-	if _, ok := tk.get(c, int64(2)); ok {
+	if _, ok := get(tk, c, int64(2)); ok {
 		t.Fatal("a transaction that wrote profiles was served DEKs after the lifetime")
 	}
 	tk.record(a, map[any]*ownerKey{int64(3): k})
 	tk.forget(int64(3))
-	if _, ok := tk.get(a, int64(3)); ok {
+	if _, ok := get(tk, a, int64(3)); ok {
 		t.Fatal("forgotten DEK served")
 	}
 	tk.record(nil, map[any]*ownerKey{int64(4): k})
-	if _, ok := tk.get(nil, int64(4)); ok {
+	if _, ok := get(tk, nil, int64(4)); ok {
 		t.Fatal("a nil pool was cached")
 	}
 	runtime.KeepAlive(a)
 	runtime.KeepAlive(b)
 	runtime.KeepAlive(c)
+}
+
+// get is fill for one owner.
+func get(tk *txKeys, pool *sql.Tx, o any) (*ownerKey, bool) {
+	keys := map[any]*ownerKey{}
+	rest := tk.fill(pool, []any{o}, keys)
+	return keys[o], len(rest) == 0
 }
 
 // An entry goes away once its transaction object is collected.
