@@ -57,34 +57,41 @@ func TestSameBytesAsFernetGo(t *testing.T) {
 	}
 }
 
-// TestBase64Codec compares the codec with encoding/base64 on every length
-// up to 300 and on 4 KiB.
+// TestBase64Codec compares both codecs (the table loops, and the vector
+// loop where the machine has it) with encoding/base64 on every length up to
+// 300 and on 4 KiB.
 func TestBase64Codec(t *testing.T) {
 	strict := base64.URLEncoding.Strict()
+	encoders := map[string]func(dst, src []byte){"b64Encode": b64Encode, "b64EncodeFast": b64EncodeFast}
+	decoders := map[string]func(dst, src []byte) (int, bool){"b64Decode": b64Decode, "b64DecodeFast": b64DecodeFast}
 	for _, n := range append(crossSizes(), 4169, 4170, 4171) {
 		raw := randBytes(t, n)
 		want := strict.EncodeToString(raw)
-		enc := make([]byte, b64EncodedLen(n))
-		b64Encode(enc, raw)
-		if string(enc) != want {
-			t.Fatalf("encode %d bytes:\n got %s\nwant %s", n, enc, want)
-		}
-		dst := make([]byte, b64DecodeBuf(len(enc)))
-		m, ok := b64Decode(dst, enc)
-		if n == 0 {
-			if ok {
-				t.Fatal("empty text decoded")
+		for name, encode := range encoders {
+			enc := make([]byte, b64EncodedLen(n))
+			encode(enc, raw)
+			if string(enc) != want {
+				t.Fatalf("%s %d bytes:\n got %s\nwant %s", name, n, enc, want)
 			}
-			continue
 		}
-		if !ok || !bytes.Equal(dst[:m], raw) {
-			t.Fatalf("decode %d bytes: ok=%v got %x", n, ok, dst[:m])
+		for name, decode := range decoders {
+			dst := make([]byte, b64DecodeBuf(len(want)))
+			m, ok := decode(dst, []byte(want))
+			if n == 0 {
+				if ok {
+					t.Fatalf("%s: empty text decoded", name)
+				}
+				continue
+			}
+			if !ok || !bytes.Equal(dst[:m], raw) {
+				t.Fatalf("%s %d bytes: ok=%v got %x", name, n, ok, dst[:m])
+			}
 		}
 	}
 }
 
-// checkB64 compares b64Decode with encoding/base64's strict decoder, which
-// differs only in skipping '\r' and '\n'.
+// checkB64 compares b64Decode and b64DecodeFast with encoding/base64's
+// strict decoder, which differs only in skipping '\r' and '\n'.
 func checkB64(t *testing.T, src []byte) {
 	t.Helper()
 	want, err := base64.URLEncoding.Strict().DecodeString(string(src))
@@ -94,12 +101,18 @@ func checkB64(t *testing.T, src []byte) {
 	if ok != wantOK || ok && !bytes.Equal(dst[:n], want) {
 		t.Fatalf("b64Decode(%q) = %x, %v; encoding/base64: %x, %v", src, dst[:n], ok, want, err)
 	}
+	clear(dst)
+	n, ok = b64DecodeFast(dst, src)
+	if ok != wantOK || ok && !bytes.Equal(dst[:n], want) {
+		t.Fatalf("b64DecodeFast(%q) = %x, %v; encoding/base64: %x, %v", src, dst[:n], ok, want, err)
+	}
 }
 
 // TestBase64Strict puts every byte value at every position of texts of a
-// few lengths and compares with encoding/base64.
+// few lengths, short and long enough for the vector loop, and compares with
+// encoding/base64.
 func TestBase64Strict(t *testing.T) {
-	for _, n := range []int{1, 2, 3, 4, 5, 12, 13, 14} {
+	for _, n := range []int{1, 2, 3, 4, 5, 12, 13, 14, 200, 301, 302} {
 		text := []byte(base64.URLEncoding.EncodeToString(randBytes(t, n)))
 		for i := range text {
 			for ch := range 256 {
@@ -122,6 +135,9 @@ func FuzzBase64Decode(f *testing.F) {
 	f.Add([]byte("AAB="))
 	f.Add([]byte("A\nA=="))
 	f.Add([]byte("////++++"))
+	long := []byte(base64.URLEncoding.EncodeToString(bytes.Repeat([]byte{0xfb, 0xef, 0x00}, 120)))
+	f.Add(long)
+	f.Add(append(bytes.Clone(long[:200]), append([]byte("\n\n\n\n"), long[200:]...)...))
 	f.Fuzz(checkB64)
 }
 

@@ -55,6 +55,9 @@ type Cipher struct {
 	// (signing key ^ opad): restoring them skips two compression rounds
 	// and the key setup per HMAC.
 	inner, outer []byte
+	// AES-128 round keys for the assembly CBC loops (hasAESNI only):
+	// encryption, and the equivalent inverse cipher's for decryption.
+	enc, dec [11 * blockSize]byte
 }
 
 // sha256State is what the pooled hash must offer to restore a saved state.
@@ -97,11 +100,15 @@ func New(key [KeySize]byte) *Cipher {
 	if err != nil { // cannot happen for a 16-byte key
 		panic("token: " + err.Error())
 	}
-	return &Cipher{
+	c := &Cipher{
 		block: block,
 		inner: padState(key[:16], 0x36),
 		outer: padState(key[:16], 0x5c),
 	}
+	if hasAESNI {
+		expandKey128(&key[16], &c.enc[0], &c.dec[0])
+	}
+	return c
 }
 
 // padState returns the marshaled SHA-256 state after absorbing one block of
@@ -194,12 +201,16 @@ func (c *Cipher) seal(dst, msg []byte, ts int64, iv *[blockSize]byte) ([]byte, e
 	for i := len(msg); i < padded; i++ {
 		ct[i] = p
 	}
-	prev := raw[ivOff:ctOff]
-	for i := 0; i < padded; i += blockSize {
-		blk := ct[i : i+blockSize]
-		xor16(blk, prev)
-		c.block.Encrypt(blk, blk)
-		prev = blk
+	if hasAESNI {
+		cbcEncrypt(&c.enc[0], &ct[0], &raw[ivOff], padded/blockSize)
+	} else {
+		prev := raw[ivOff:ctOff]
+		for i := 0; i < padded; i += blockSize {
+			blk := ct[i : i+blockSize]
+			xor16(blk, prev)
+			c.block.Encrypt(blk, blk)
+			prev = blk
+		}
 	}
 
 	c.mac(s, raw[:n-macSize])
@@ -210,7 +221,7 @@ func (c *Cipher) seal(dst, msg []byte, ts int64, iv *[blockSize]byte) ([]byte, e
 		dst = slices.Grow(dst, m)
 	}
 	out := dst[len(dst) : len(dst)+m]
-	b64Encode(out, raw)
+	b64EncodeFast(out, raw)
 	return dst[:len(dst)+m], nil
 }
 
@@ -241,7 +252,7 @@ func (c *Cipher) open(dst, tok []byte) ([]byte, error) {
 	}
 	s := getScratch(b64DecodeBuf(len(tok)))
 	defer putScratch(s)
-	n, ok := b64Decode(s.buf, tok)
+	n, ok := b64DecodeFast(s.buf, tok)
 	if !ok || n < overhead+blockSize || (n-overhead)%blockSize != 0 {
 		return dst, ErrInvalid
 	}
@@ -256,27 +267,30 @@ func (c *Cipher) open(dst, tok []byte) ([]byte, error) {
 		return dst, ErrInvalid
 	}
 
-	// CBC decryption: out = D(ct block i) XOR (ct block i-1, or the IV).
-	// The ciphertext is copied to where the message goes (make+copy
-	// allocates without zeroing), the blocks are decrypted in place, four
-	// independent calls at a time so they overlap in the CPU, and IV||ct
-	// (contiguous in raw) is XORed over the result in one pass.
+	// CBC decryption: out = D(ct block i) XOR (ct block i-1, or the IV);
+	// IV||ct is contiguous in raw.
 	ct := raw[ctOff : n-macSize]
 	base := len(dst)
 	var out []byte
 	if dst == nil {
 		out = make([]byte, len(ct))
-		copy(out, ct)
 		dst = out[:0]
 	} else {
 		if base+len(ct) > cap(dst) {
 			dst = slices.Grow(dst, len(ct))
 		}
 		out = dst[base : base+len(ct)]
-		copy(out, ct)
 	}
-	c.decryptBlocks(out)
-	subtle.XORBytes(out, out, raw[ivOff:])
+	if hasAESNI {
+		cbcDecryptAll(&c.dec, out, raw[ivOff:], len(ct)/blockSize)
+	} else {
+		// The blocks are decrypted in place, four independent calls at a
+		// time so they overlap in the CPU, and IV||ct is XORed over the
+		// result in one pass.
+		copy(out, ct)
+		c.decryptBlocks(out)
+		subtle.XORBytes(out, out, raw[ivOff:])
+	}
 
 	// PKCS #7: the MAC already held, so this check leaks nothing new.
 	p := int(out[len(out)-1])
