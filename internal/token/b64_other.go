@@ -3,5 +3,3 @@
 package token
 
 func b64DecodeFast(dst, src []byte) (int, bool) { return b64Decode(dst, src) }
-
-func b64EncodeFast(dst, src []byte) { b64Encode(dst, src) }

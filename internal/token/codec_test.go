@@ -57,22 +57,19 @@ func TestSameBytesAsFernetGo(t *testing.T) {
 	}
 }
 
-// TestBase64Codec compares both codecs (the table loops, and the vector
-// loop where the machine has it) with encoding/base64 on every length up to
-// 300 and on 4 KiB.
+// TestBase64Codec compares the encoder and both decoders (the table loops,
+// and the vector loop where the machine has it) with encoding/base64 on
+// every length up to 300 and on 4 KiB.
 func TestBase64Codec(t *testing.T) {
 	strict := base64.URLEncoding.Strict()
-	encoders := map[string]func(dst, src []byte){"b64Encode": b64Encode, "b64EncodeFast": b64EncodeFast}
 	decoders := map[string]func(dst, src []byte) (int, bool){"b64Decode": b64Decode, "b64DecodeFast": b64DecodeFast}
 	for _, n := range append(crossSizes(), 4169, 4170, 4171) {
 		raw := randBytes(t, n)
 		want := strict.EncodeToString(raw)
-		for name, encode := range encoders {
-			enc := make([]byte, b64EncodedLen(n))
-			encode(enc, raw)
-			if string(enc) != want {
-				t.Fatalf("%s %d bytes:\n got %s\nwant %s", name, n, enc, want)
-			}
+		enc := make([]byte, b64EncodedLen(n))
+		b64Encode(enc, raw)
+		if string(enc) != want {
+			t.Fatalf("b64Encode %d bytes:\n got %s\nwant %s", n, enc, want)
 		}
 		for name, decode := range decoders {
 			dst := make([]byte, b64DecodeBuf(len(want)))

@@ -221,7 +221,7 @@ func (c *Cipher) seal(dst, msg []byte, ts int64, iv *[blockSize]byte) ([]byte, e
 		dst = slices.Grow(dst, m)
 	}
 	out := dst[len(dst) : len(dst)+m]
-	b64EncodeFast(out, raw)
+	b64Encode(out, raw)
 	return dst[:len(dst)+m], nil
 }
 
