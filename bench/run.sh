@@ -7,7 +7,7 @@
 # Environment: COUNT (default 6), BENCHTIME for the 10k-row benchmarks
 # (default 10x), ENVELOPE_TEST_POSTGRES_DSN (default
 # "host=127.0.0.1 user=postgres dbname=test sslmode=disable"; PostgreSQL is
-# skipped when unreachable). Takes about 4 minutes on 2 cores.
+# skipped when unreachable). Takes about 10 minutes on 2 cores.
 set -euo pipefail
 
 here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
@@ -29,11 +29,21 @@ trap 'rm -rf "$tmp"' EXIT
 } >"$out/machine.txt"
 cat "$out/machine.txt"
 
-echo "== Find and CreateInBatches (bench/, -count $count -benchtime $benchtime)"
-(cd "$here" && go test -run '^$' -bench . -benchmem -count "$count" -benchtime "$benchtime" -timeout 60m .) | tee "$out/bench.txt"
-
-echo "== Codec (internal/token, -count $count)"
-(cd "$root" && go test -run '^$' -bench '^Benchmark(Decrypt|Encrypt)$' -benchmem -count "$count" ./internal/token/) | tee "$out/codec.txt"
+# The samples are taken in rounds: each round runs every benchmark once
+# (-count 1), so that a slow spell of a shared machine falls on all the
+# implementations of a round alike instead of on the six samples of one.
+(cd "$here" && go test -c -o "$tmp/bench.test" .)
+(cd "$root" && go test -c -o "$tmp/token.test" ./internal/token/)
+: >"$out/bench.txt"
+: >"$out/codec.txt"
+for round in $(seq "$count"); do
+	echo "== round $round of $count: Find and CreateInBatches (bench/, -benchtime $benchtime)"
+	(cd "$here" && "$tmp/bench.test" -test.run '^$' -test.bench . -test.benchmem -test.count 1 \
+		-test.benchtime "$benchtime" -test.timeout 60m) | tee -a "$out/bench.txt"
+	echo "== round $round of $count: codec (internal/token)"
+	(cd "$root/internal/token" && "$tmp/token.test" -test.run '^$' -test.bench '^Benchmark(Decrypt|Encrypt)$' \
+		-test.benchmem -test.count 1) | tee -a "$out/codec.txt"
+done
 
 # benchstat compares columns by key=value sub-benchmark names: name the
 # positional parts (db, impl, size) in a copy of the raw output.

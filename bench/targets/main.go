@@ -1,7 +1,10 @@
 // Command targets reads the raw output of bench/run.sh (go test -bench,
 // several counts) and checks the medians against the performance targets
 // of docs/performance.md, one line per target: the two medians compared,
-// their ratio, the limit, and met or NOT MET.
+// their ratio, the range of the ratios within each round (bench/run.sh
+// takes the i-th sample of every benchmark in round i, so the i-th samples
+// of two benchmarks ran minutes apart at most), the limit, and met or
+// NOT MET.
 //
 //	go run ./targets results/bench.txt results/codec.txt
 package main
@@ -63,6 +66,21 @@ func (s samples) median(name, unit string) (float64, int, bool) {
 	return (vs[n/2-1] + vs[n/2]) / 2, n, true
 }
 
+// rounds returns the range of a[i]/b[i] (ns/op) over the samples, or ""
+// when the two have different counts.
+func (s samples) rounds(a, b string) string {
+	va, vb := s[a]["ns/op"], s[b]["ns/op"]
+	if len(va) == 0 || len(va) != len(vb) {
+		return ""
+	}
+	lo, hi := va[0]/vb[0], va[0]/vb[0]
+	for i := range va {
+		r := va[i] / vb[i]
+		lo, hi = min(lo, r), max(hi, r)
+	}
+	return fmt.Sprintf("%.2f–%.2f×", lo, hi)
+}
+
 func dur(ns float64) string {
 	switch {
 	case ns >= 1e9:
@@ -86,10 +104,11 @@ func (p *printer) ratio(label, a, b string, atMost bool, limit float64) {
 	ma, na, ok1 := p.s.median(a, "ns/op")
 	mb, nb, ok2 := p.s.median(b, "ns/op")
 	if !ok1 || !ok2 {
-		fmt.Printf("| %s | missing (%s or %s) | | | skipped |\n", label, a, b)
+		fmt.Printf("| %s | missing (%s or %s) | | | | skipped |\n", label, a, b)
 		return
 	}
 	r := ma / mb
+	rounds := p.s.rounds(a, b)
 	met := r <= limit
 	cmp := "≤"
 	if !atMost {
@@ -101,14 +120,14 @@ func (p *printer) ratio(label, a, b string, atMost bool, limit float64) {
 		res = "NOT MET"
 		p.failed++
 	}
-	fmt.Printf("| %s | %s / %s (n=%d, %d) | %.2f× | %s %.2f× | %s |\n", label, dur(ma), dur(mb), na, nb, r, cmp, limit, res)
+	fmt.Printf("| %s | %s / %s (n=%d, %d) | %.2f× | %s | %s %.2f× | %s |\n", label, dur(ma), dur(mb), na, nb, r, rounds, cmp, limit, res)
 }
 
 // queries checks the median profiles queries per op of name is want.
 func (p *printer) queries(label, name string, want float64) {
 	m, n, ok := p.s.median(name, "profiles-queries/op")
 	if !ok {
-		fmt.Printf("| %s | missing (%s) | | | skipped |\n", label, name)
+		fmt.Printf("| %s | missing (%s) | | | | skipped |\n", label, name)
 		return
 	}
 	res := "met"
@@ -116,7 +135,7 @@ func (p *printer) queries(label, name string, want float64) {
 		res = "NOT MET"
 		p.failed++
 	}
-	fmt.Printf("| %s | %g per op (n=%d) | | = %g | %s |\n", label, m, n, want, res)
+	fmt.Printf("| %s | %g per op (n=%d) | | | = %g | %s |\n", label, m, n, want, res)
 }
 
 func main() {
@@ -132,8 +151,8 @@ func main() {
 		}
 	}
 	p := &printer{s: s}
-	fmt.Println("| target | medians | ratio | limit | result |")
-	fmt.Println("|---|---|---|---|---|")
+	fmt.Println("| target | medians | ratio | per round | limit | result |")
+	fmt.Println("|---|---|---|---|---|---|")
 	for _, db := range []struct {
 		name  string
 		limit float64
