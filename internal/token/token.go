@@ -271,16 +271,8 @@ func (c *Cipher) open(dst, tok []byte) ([]byte, error) {
 	// IV||ct is contiguous in raw.
 	ct := raw[ctOff : n-macSize]
 	base := len(dst)
-	var out []byte
-	if dst == nil {
-		out = make([]byte, len(ct))
-		dst = out[:0]
-	} else {
-		if base+len(ct) > cap(dst) {
-			dst = slices.Grow(dst, len(ct))
-		}
-		out = dst[base : base+len(ct)]
-	}
+	dst = slices.Grow(dst, len(ct))
+	out := dst[base : base+len(ct)]
 	if hasAESNI {
 		cbcDecryptAll(&c.dec, out, raw[ivOff:], len(ct)/blockSize)
 	} else {
