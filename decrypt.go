@@ -179,8 +179,9 @@ func (p *Plugin) afterQuerySlice(db *gorm.DB, rv reflect.Value, elemType reflect
 			owners[o] = struct{}{}
 		}
 	}
-	keys, kerrs, ok := p.resolveOwners(db, owners, targets[covered:])
+	keys, kerrs, ok := p.resolveOwners(db, owners, nil)
 	if !ok {
+		zeroRows(rv, elemType, m)
 		return
 	}
 	if covered > 0 {
@@ -217,8 +218,9 @@ func (p *Plugin) afterQuerySlice(db *gorm.DB, rv reflect.Value, elemType reflect
 			for _, o := range missing {
 				more[o] = struct{}{}
 			}
-			k2, e2, ok := p.resolveOwners(db, more, targets[:covered])
+			k2, e2, ok := p.resolveOwners(db, more, nil)
 			if !ok {
+				zeroRows(rv, elemType, m)
 				return
 			}
 			keys, kerrs = merge(keys, k2), merge(kerrs, e2)
@@ -410,6 +412,17 @@ func stored(fv reflect.Value, k valueKind) string {
 		}
 	}
 	return ""
+}
+
+// zeroRows empties every encrypted field of the rows of rv: after a failed
+// lookup, neither the tokens the scan left nor the values the pipeline
+// already opened may stay.
+func zeroRows(rv reflect.Value, elemType reflect.Type, m *modelMeta) {
+	for i := 0; i < rv.Len(); i++ {
+		if v := reflect.Indirect(rv.Index(i)); v.Kind() == reflect.Struct && v.Type() == elemType {
+			zeroTokens(target{m: m, v: v})
+		}
+	}
 }
 
 func zeroTokens(t target) {

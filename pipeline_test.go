@@ -245,3 +245,49 @@ func TestPipelinePartialSelect(t *testing.T) {
 		}
 	}
 }
+
+// When the owners' lookup fails after a pipelined scan, no row keeps a
+// token or a value: the rows opened while scanning are emptied like the
+// others, as in a read without the pipeline.
+func TestPipelineLookupFailureLeavesNothing(t *testing.T) {
+	if runtime.GOMAXPROCS(0) < 2 {
+		t.Skip("the pipeline needs two cores")
+	}
+	db := testdb.Open(t, testdb.SQLite)
+	p := setup(t, db, newKeys(t))
+	rows := make([]Credential, 1500)
+	for i := range rows {
+		rows[i] = Credential{UserID: uint(1 + i%41), Password: fmt.Sprint("pw-", i), APIKey: ptr(fmt.Sprint("k", i)), Blob: []byte("b")}
+	}
+	must(t, db.CreateInBatches(&rows, 500).Error)
+	boom := errors.New("profiles unreachable")
+	fail := false
+	failProfiles := func(tx *gorm.DB) {
+		if fail && tx.Statement.Table == "profiles" {
+			tx.AddError(boom)
+		}
+	}
+	must(t, db.Callback().Query().Before("gorm:query").Register("test:fail_profiles", failProfiles))
+	must(t, db.Callback().Row().Before("gorm:row").Register("test:fail_profiles_row", failProfiles))
+	for _, pipeline := range []bool{false, true} {
+		// Owners 1..20 cached, so the pipeline opens their rows while
+		// scanning; the others need the lookup that fails.
+		envelope.PurgeCacheForTest(p)
+		var some []Credential
+		must(t, db.Where("user_id <= ?", 20).Find(&some).Error)
+		restore := envelope.SetPipelineForTest(pipeline)
+		fail = true
+		var out []Credential
+		err := db.Order("id").Find(&out).Error
+		fail = false
+		restore()
+		if !errors.Is(err, boom) {
+			t.Fatalf("pipeline %v: error %v, want %v", pipeline, err, boom)
+		}
+		for i, c := range out {
+			if c.Password != "" || c.APIKey != nil || c.Blob != nil {
+				t.Fatalf("pipeline %v: row %d kept %q %v %q", pipeline, i, c.Password, c.APIKey, c.Blob)
+			}
+		}
+	}
+}
