@@ -133,7 +133,12 @@ func Run(ctx context.Context, db *gorm.DB, opts Options) (Result, error) {
 // interrupted makes an error caused by ctx ending match ctx.Err(): when
 // the context is cancelled, database/sql rolls the open transaction back,
 // and the batch's commit then fails with sql.ErrTxDone instead.
+// A nil err stays nil: work that finished is not failed by its context
+// ending afterwards.
 func interrupted(ctx context.Context, err error) error {
+	if err == nil {
+		return nil
+	}
 	if cerr := ctx.Err(); cerr != nil && !errors.Is(err, cerr) {
 		return fmt.Errorf("%w: %w", cerr, err)
 	}

@@ -420,3 +420,20 @@ func TestOptionsErrors(t *testing.T) {
 		t.Error("missing table: no error")
 	}
 }
+
+// interrupted ties a failure to the context that ended, and leaves a
+// success alone even when the context has ended since.
+func TestInterrupted(t *testing.T) {
+	ctx, cancel := context.WithCancel(context.Background())
+	cancel()
+	if err := interrupted(ctx, nil); err != nil {
+		t.Fatalf("success after cancel: %v", err)
+	}
+	done := errors.New("sql: transaction has already been committed or rolled back")
+	if err := interrupted(ctx, done); !errors.Is(err, context.Canceled) || !errors.Is(err, done) {
+		t.Fatalf("failure after cancel: %v", err)
+	}
+	if err := interrupted(context.Background(), done); err != done {
+		t.Fatalf("failure, context alive: %v", err)
+	}
+}
