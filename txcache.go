@@ -53,21 +53,22 @@ func newTxKeys(max int, ttl time.Duration) *txKeys {
 // evicted or expired while the transaction may still run statements, so
 // the fact that a transaction wrote profiles is never forgotten.
 func (t *txKeys) keyOf(pool gorm.ConnPool) (key any, watch func(), ok bool) {
-	switch p := pool.(type) {
-	case *sql.Tx:
-		if p == nil {
-			return nil, nil, false
+	// GORM wraps a transaction in a new *gorm.PreparedStmtTX for every
+	// prepared statement session of it: the entry belongs to the *sql.Tx
+	// underneath, so that all of them share it.
+	for {
+		ps, ok := pool.(*gorm.PreparedStmtTX)
+		if !ok || ps == nil {
+			break
 		}
-		k := weak.Make(p)
-		return k, func() { runtime.AddCleanup(p, t.drop, any(k)) }, true
-	case *gorm.PreparedStmtTX:
-		if p == nil {
-			return nil, nil, false
-		}
-		k := weak.Make(p)
-		return k, func() { runtime.AddCleanup(p, t.drop, any(k)) }, true
+		pool = ps.Tx
 	}
-	return nil, nil, false
+	p, ok := pool.(*sql.Tx)
+	if !ok || p == nil {
+		return nil, nil, false
+	}
+	k := weak.Make(p)
+	return k, func() { runtime.AddCleanup(p, t.drop, any(k)) }, true
 }
 
 func (t *txKeys) drop(key any) {

@@ -155,3 +155,31 @@ func TestShredReachesOpenTransactions(t *testing.T) {
 		})
 	}
 }
+
+// A transaction is one cache entry however GORM wraps it: a profile write
+// through the plain transaction stops the DEKs loaded through a prepared
+// statement session of it from being served.
+func TestPreparedSessionSharesTransactionEntry(t *testing.T) {
+	testdb.ForEach(t, func(t *testing.T, db *gorm.DB) {
+		setup(t, db, newKeys(t))
+		must(t, db.Create(&Profile{UserID: 7}).Error)
+		must(t, db.Transaction(func(tx *gorm.DB) error {
+			prep := tx.Session(&gorm.Session{PrepareStmt: true})
+			if err := prep.Create(&Credential{UserID: 7, Password: "before"}).Error; err != nil {
+				return err
+			}
+			// The profile and its DEK go; the next write makes new ones.
+			if err := tx.Where("user_id = ?", 7).Delete(&Profile{}).Error; err != nil {
+				return err
+			}
+			return prep.Create(&Credential{UserID: 7, Password: "after"}).Error
+		}))
+		var got Credential
+		if err := db.Where("password <> ? AND user_id = ?", "", 7).Order("id DESC").First(&got).Error; err != nil {
+			t.Fatalf("the write after the profile's deletion does not read back: %v", err)
+		}
+		if got.Password != "after" {
+			t.Fatalf("read %q, want %q", got.Password, "after")
+		}
+	})
+}
