@@ -45,7 +45,9 @@ type Config struct {
 	Logger *slog.Logger
 
 	// CacheSize bounds how many owners' DEKs are kept in memory
-	// (default [DefaultCacheSize]; negative disables the cache).
+	// (default [DefaultCacheSize]; negative disables the cache). It also
+	// bounds the DEKs a transaction reuses across its statements, which a
+	// negative size turns off too.
 	CacheSize int
 
 	// AcceptPlaintext lets reads return a value of an encrypted column that
@@ -108,7 +110,13 @@ func New(cfg Config) *Plugin {
 	}
 	p.cache = cache.New[any, *ownerKey](size, ttl)
 	p.opened = cache.New[string, *ownerKey](size, ttl)
-	p.txKeys = newTxKeys(4096, ttl)
+	// DEKs reused within a transaction follow the cache's settings: none
+	// when it is off, and at most CacheSize per transaction.
+	txMax := 4096
+	if size < 0 {
+		txMax = 0
+	}
+	p.txKeys = newTxKeys(txMax, size, ttl)
 	return p
 }
 

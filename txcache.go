@@ -32,6 +32,7 @@ type txKeys struct {
 	mu  sync.Mutex
 	m   map[any]*txEntry // weak pointer to the transaction -> its entry
 	max int              // entries with DEKs; an entry that only says "disabled" is always kept
+	per int              // DEKs per entry: a transaction over many owners keeps at most this many
 	ttl time.Duration
 	now func() time.Time
 }
@@ -42,8 +43,8 @@ type txEntry struct {
 	expires  time.Time // when keys must be looked up again
 }
 
-func newTxKeys(max int, ttl time.Duration) *txKeys {
-	return &txKeys{m: map[any]*txEntry{}, max: max, ttl: ttl, now: time.Now}
+func newTxKeys(max, per int, ttl time.Duration) *txKeys {
+	return &txKeys{m: map[any]*txEntry{}, max: max, per: per, ttl: ttl, now: time.Now}
 }
 
 // keyOf returns a key for the transaction pool that does not keep it
@@ -134,6 +135,9 @@ func (t *txKeys) record(pool gorm.ConnPool, loaded map[any]*ownerKey) {
 		return
 	}
 	for o, k := range loaded {
+		if len(e.keys) >= t.per {
+			return
+		}
 		e.keys[o] = k
 	}
 }

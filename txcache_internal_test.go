@@ -14,7 +14,7 @@ import (
 // known transaction type is not cached.
 func TestTxKeysLifetimeAndBound(t *testing.T) {
 	now := time.Unix(1000, 0)
-	tk := newTxKeys(2, time.Minute)
+	tk := newTxKeys(2, 10, time.Minute)
 	tk.now = func() time.Time { return now }
 	k := &ownerKey{}
 	a, b, c := &sql.Tx{}, &sql.Tx{}, &sql.Tx{}
@@ -57,6 +57,34 @@ func TestTxKeysLifetimeAndBound(t *testing.T) {
 	runtime.KeepAlive(c)
 }
 
+// A transaction keeps at most per DEKs; with the DEK cache off
+// (Config.CacheSize < 0) it keeps none.
+func TestTxKeysPerTransactionBound(t *testing.T) {
+	tk := newTxKeys(10, 3, time.Minute)
+	a := &sql.Tx{}
+	loaded := map[any]*ownerKey{}
+	for o := range 5 {
+		loaded[int64(o)] = &ownerKey{}
+	}
+	tk.record(a, loaded)
+	served := 0
+	for o := range 5 {
+		if _, ok := get(tk, a, int64(o)); ok {
+			served++
+		}
+	}
+	if served != 3 {
+		t.Fatalf("%d DEKs kept for one transaction, bound is 3", served)
+	}
+
+	off := New(Config{CacheSize: -1})
+	off.txKeys.record(a, loaded)
+	if _, ok := get(off.txKeys, a, int64(0)); ok {
+		t.Fatal("a transaction kept a DEK with the cache off")
+	}
+	runtime.KeepAlive(a)
+}
+
 // get is fill for one owner.
 func get(tk *txKeys, pool *sql.Tx, o any) (*ownerKey, bool) {
 	keys := map[any]*ownerKey{}
@@ -66,7 +94,7 @@ func get(tk *txKeys, pool *sql.Tx, o any) (*ownerKey, bool) {
 
 // An entry goes away once its transaction object is collected.
 func TestTxKeysDroppedWithTransaction(t *testing.T) {
-	tk := newTxKeys(10, time.Minute)
+	tk := newTxKeys(10, 10, time.Minute)
 	func() {
 		tx := &sql.Tx{}
 		tk.disable(tx)
