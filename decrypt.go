@@ -359,9 +359,10 @@ func getTargets(n int) []target {
 }
 
 // putTargets clears targets (they point into the result) and keeps their
-// memory for the next result, unless it is large.
+// memory for the next result, unless it is large. Entries past len(t) are
+// zero already: getTargets hands out t[:n] and only those are written.
 func putTargets(t []target) {
-	clear(t[:cap(t)])
+	clear(t)
 	if cap(t) <= 1<<16 {
 		t = t[:0]
 		targetPool.Put(&t)

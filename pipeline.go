@@ -94,7 +94,9 @@ func (p *Plugin) beforeQuery(db *gorm.DB) {
 		return
 	}
 	m := p.metaOf(stmt.Schema)
-	if !pipelineOn || m.err != nil || len(m.fields) == 0 || m.owner == nil || runtime.GOMAXPROCS(0) < 2 {
+	// The rows' fields must be reachable at offsets (no embedded pointer):
+	// otherwise apply could use none of the workers' results.
+	if !pipelineOn || m.err != nil || len(m.fields) == 0 || m.owner == nil || !m.allDirect || runtime.GOMAXPROCS(0) < 2 {
 		return
 	}
 	rs := &readState{p: p, m: m, stmt: stmt, parent: stmt.Context, nf: len(m.fields), ptrType: reflect.PointerTo(m.schema.ModelType)}
@@ -362,7 +364,7 @@ func (rs *readState) apply(r int, v reflect.Value) int {
 	b := rs.sent[r/pipeRows]
 	ri := r % pipeRows
 	oi := b.oi[ri]
-	if oi < 0 || !b.valid[oi] || !rs.m.allDirect {
+	if oi < 0 || !b.valid[oi] {
 		return -1
 	}
 	base := rs.m.base(v)
