@@ -54,12 +54,14 @@ func newSealer(items []item, ciphers []*token.Cipher, ts int64) (*sealer, error)
 }
 
 // start seals a large statement's values on GOMAXPROCS-1 goroutines in the
-// background; a small one is sealed by the first value asked for.
+// background; a small one, or any on one core, is sealed as its values are
+// asked for (like parallel, which runs inline below two cores).
 func (s *sealer) start() {
-	if len(s.items) < parallelMin {
+	workers := runtime.GOMAXPROCS(0) - 1
+	if len(s.items) < parallelMin || workers < 1 {
 		return
 	}
-	for range max(runtime.GOMAXPROCS(0)-1, 1) {
+	for range workers {
 		go func() {
 			for {
 				c := int(s.next.Add(1) - 1)
