@@ -504,7 +504,6 @@ func (c *collector) finish() {
 		db.AddError(join(c.errs))
 		return
 	}
-	// Encrypt, on several cores for a large statement.
 	// Sealing starts now, on other cores for a large statement, and the
 	// serializer waits only for the values it is asked for.
 	sl, err := newSealer(c.items, ciphers, time.Now().Unix())
@@ -525,10 +524,6 @@ func (c *collector) finish() {
 	r.edits = c.edits
 	db.InstanceSet(restoreKey, r)
 }
-
-// sealValue encrypts a plaintext, or keeps it if it already is a token that
-// opens under the owner's DEK: a ciphertext read by a path without
-// callbacks (Raw().Scan, ScanRows) and saved again is stored unchanged.
 
 func distinctOwners(items []item) []any {
 	seen := make(map[any]struct{})

@@ -130,7 +130,9 @@ func (s *sealer) help(c int) bool {
 }
 
 // seal encrypts chunk c into one buffer sized for its tokens, then marks
-// it done. A value that already is a token of its owner is kept as is.
+// it done. A value that already is a token that opens under its owner's
+// DEK is kept as is: a ciphertext read by a path without callbacks
+// (Raw().Scan, ScanRows) and saved again is stored unchanged.
 func (s *sealer) seal(c int) {
 	defer s.state[c].Store(chunkDone)
 	lo, hi := c*sealChunk, min((c+1)*sealChunk, len(s.items))
