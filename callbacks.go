@@ -650,6 +650,9 @@ func (c *collector) checkOwnerChange(dest any) {
 	if c.defOwner == nil || c.m.owner == nil {
 		return
 	}
+	if mp, ok := dest.(*map[string]any); ok && mp != nil {
+		dest = *mp // GORM takes Updates(&map) like Updates(map)
+	}
 	var raw any
 	switch d := dest.(type) {
 	case map[string]any:

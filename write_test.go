@@ -333,6 +333,7 @@ func TestOwnerChange(t *testing.T) {
 			"Update":        db.Model(c).Update("user_id", 2),
 			"UpdatesMap":    db.Model(c).Updates(map[string]any{"UserID": "2", "password": "q"}),
 			"UpdatesStruct": db.Model(c).Updates(Credential{UserID: 2}),
+			"UpdatesMapPtr": db.Model(c).Updates(&map[string]any{"user_id": 2, "facility": "f"}),
 		} {
 			if !errors.Is(res.Error, envelope.ErrUnsafe) {
 				t.Errorf("%s: %v, want ErrUnsafe", name, res.Error)
