@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"reflect"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/gorm-envelope/envelope/dek"
@@ -36,6 +37,23 @@ type writeState struct {
 	next     int               // the item after the last one found by address
 	byAddr   map[uintptr]int   // built on first use: field address -> item
 	byValue  map[tokKey]string // built on first use, for any other value
+
+	self     []selfRow                 // self-owned rows sealed after the insert
+	deferred map[uintptr]*schema.Field // their values' addresses
+	selfTx   *selfTx
+
+	refusedMu sync.Mutex
+	refusal   error // the first value Value refused
+}
+
+// refuse notes the first value the serializer refused, for afterWrite to
+// report in place of the driver's error.
+func (st *writeState) refuse(err error) {
+	st.refusedMu.Lock()
+	if st.refusal == nil {
+		st.refusal = err
+	}
+	st.refusedMu.Unlock()
 }
 
 // fieldAddr returns the address of field in struct r, or 0 if r is not a
@@ -155,6 +173,7 @@ type edit struct {
 type restore struct {
 	ctx   context.Context
 	edits []edit
+	st    *writeState
 }
 
 const restoreKey = "envelope:restore"
@@ -169,8 +188,10 @@ type collector struct {
 	db       *gorm.DB
 	m        *modelMeta
 	defOwner any
-	ambig    bool // the statement's model holds several owners
+	ambig    bool                     // the statement's model holds several owners
+	written  func(*schema.Field) bool // whether a field's column is written; nil: all
 	items    []item
+	self     []selfRow // self-owned rows whose id the insert assigns
 	edits    []edit
 	errs     []error
 }
@@ -220,9 +241,17 @@ func (c *collector) walk(v reflect.Value) {
 		if owner == nil {
 			owner = c.defOwner
 		}
+		var self *selfRow
+		if owner == nil && c.deferSelf(m, v) {
+			c.self = append(c.self, selfRow{m: m, v: v})
+			self = &c.self[len(c.self)-1]
+		}
 		base := m.base(v)
 		for i := range m.fields {
 			ef := &m.fields[i]
+			if c.written != nil && !c.written(ef.f) {
+				continue
+			}
 			var plain string
 			var isNil bool
 			var addr uintptr
@@ -238,6 +267,10 @@ func (c *collector) walk(v reflect.Value) {
 				addr = addrOf(fv)
 			}
 			if isNil {
+				continue
+			}
+			if self != nil {
+				self.vals = append(self.vals, selfVal{ef: ef, plain: plain, addr: addr})
 				continue
 			}
 			if owner == nil {
@@ -387,6 +420,13 @@ func (c *collector) onConflict() {
 		return
 	}
 	m := c.m
+	if len(c.self) > 0 {
+		c.fail(&FieldError{Model: m.name, Err: fmt.Errorf("%w: an upsert of a self-owned row needs its id (the owner) set by the app", ErrUnsafe)})
+		return
+	}
+	if !c.checkUpsert() {
+		return
+	}
 	var owner any
 	ownerKnown := false
 	for _, it := range c.items {
@@ -459,6 +499,9 @@ func (c *collector) finish() {
 		return
 	}
 	if len(c.items) == 0 {
+		if len(c.self) > 0 {
+			c.install(&writeState{p: c.p, db: db, m: c.m, defOwner: c.defOwner})
+		}
 		return
 	}
 	owners := distinctOwners(c.items)
@@ -512,7 +555,17 @@ func (c *collector) finish() {
 		return
 	}
 	sl.start()
-	st := &writeState{p: c.p, db: db, m: c.m, defOwner: c.defOwner, items: c.items, sealer: sl}
+	c.install(&writeState{p: c.p, db: db, m: c.m, defOwner: c.defOwner, items: c.items, sealer: sl})
+}
+
+// install puts the write state in the statement's context for the
+// serializer, replaces the map and clause values collected, and prepares
+// the self-owned rows' sealing after the insert.
+func (c *collector) install(st *writeState) {
+	db := c.db
+	if len(c.self) > 0 && !c.beginSelf(st) {
+		return
+	}
 	r := &restore{ctx: db.Statement.Context}
 	db.Statement.Context = context.WithValue(db.Statement.Context, stateKey{}, st)
 	for _, e := range c.edits {
@@ -522,6 +575,7 @@ func (c *collector) finish() {
 		}
 	}
 	r.edits = c.edits
+	r.st = st
 	db.InstanceSet(restoreKey, r)
 }
 
@@ -593,7 +647,7 @@ func (p *Plugin) beforeCreate(db *gorm.DB) {
 	if len(m.fields) == 0 {
 		return
 	}
-	c := &collector{p: p, db: db, m: m}
+	c := &collector{p: p, db: db, m: m, written: createWritten(db.Statement)}
 	if db.Statement.Model != nil {
 		c.defOwner, c.ambig = p.modelOwner(db, m, reflect.ValueOf(db.Statement.Model))
 	}
@@ -634,54 +688,17 @@ func (p *Plugin) beforeUpdate(db *gorm.DB) {
 	}
 	c := &collector{p: p, db: db, m: m}
 	c.defOwner, c.ambig = p.modelOwner(db, m, db.Statement.ReflectValue)
-	c.checkOwnerChange(db.Statement.Dest)
+	ws := c.updateSet()
+	if !c.checkUpdate(ws) {
+		c.finish()
+		return
+	}
 	if !c.addMaps(db.Statement.Dest) {
 		c.checkArgType(reflect.ValueOf(db.Statement.Dest))
+		c.written = func(f *schema.Field) bool { return ws.cols[f.DBName] }
 		c.walk(reflect.ValueOf(db.Statement.Dest))
 	}
 	c.finish()
-}
-
-// checkOwnerChange refuses a partial update that moves a row to another
-// owner: the encrypted fields it does not rewrite would stay under the old
-// owner's DEK, unreadable as the new owner's. (Save rewrites every field
-// and may change the owner.)
-func (c *collector) checkOwnerChange(dest any) {
-	if c.defOwner == nil || c.m.owner == nil {
-		return
-	}
-	if mp, ok := dest.(*map[string]any); ok && mp != nil {
-		dest = *mp // GORM takes Updates(&map) like Updates(map)
-	}
-	var raw any
-	switch d := dest.(type) {
-	case map[string]any:
-		if v, ok := d[c.m.owner.Name]; ok {
-			raw = v
-		} else if v, ok := d[c.m.owner.DBName]; ok {
-			raw = v
-		}
-	default:
-		if dest == nil || reflect.TypeOf(dest).Comparable() && dest == c.db.Statement.Model {
-			return // Save, or Updates of the model itself: every field is written
-		}
-		v := reflect.Indirect(reflect.ValueOf(dest))
-		if v.Kind() == reflect.Struct {
-			if am := c.p.metaOfType(c.db, v.Type()); am != nil {
-				raw = am.ownerOf(v)
-			}
-		}
-	}
-	if raw == nil {
-		return
-	}
-	tmp := reflect.New(c.db.Statement.Schema.ModelType).Elem()
-	if err := c.m.owner.Set(c.db.Statement.Context, tmp, raw); err != nil {
-		return
-	}
-	if o := c.m.ownerOf(tmp); o != nil && o != c.defOwner {
-		c.fail(&FieldError{Model: c.m.name, Field: c.m.owner.Name, Owner: c.defOwner, Err: fmt.Errorf("%w: a partial update cannot move a row with encrypted fields to another owner (its other encrypted fields would stay under the old owner's DEK); use Save with every field", ErrUnsafe)})
-	}
 }
 
 // checkArgType refuses an Updates argument of another struct type whose
@@ -715,6 +732,14 @@ func (p *Plugin) afterWrite(db *gorm.DB) {
 			}
 		}
 		db.Statement.Settings.Delete(fmt.Sprintf("%p", db.Statement) + restoreKey)
+		if st := r.st; st != nil {
+			if st.refusal != nil {
+				// The driver's error may describe the refused value's
+				// argument: report the plugin's own instead.
+				db.Error = st.refusal
+			}
+			p.endSelf(db, st)
+		}
 	}
 	if v, ok := db.InstanceGet(pendingKey); ok {
 		if db.Error == nil {

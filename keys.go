@@ -32,7 +32,7 @@ func modeOf(db *gorm.DB) txMode {
 	if _, ok := db.Statement.ConnPool.(gorm.TxCommitter); !ok {
 		return txNone
 	}
-	if _, ok := db.InstanceGet("gorm:started_transaction"); ok {
+	if startedTx(db) {
 		return txOwn
 	}
 	return txForeign

@@ -177,8 +177,8 @@ func TestLogsNoSecrets(t *testing.T) {
 			expect("FirstOrCreate Assign", db.Where(Credential{UserID: 5, Facility: "foc"}).Assign(map[string]any{"password": mk("foc-assign")}).FirstOrCreate(&foc).Error, nil)
 			expect("OnConflict", db.Clauses(clause.OnConflict{
 				Columns:   []clause.Column{{Name: "id"}},
-				DoUpdates: clause.Assignments(map[string]any{"password": mk("on-conflict")}),
-			}).Create(&Credential{ID: c.ID, UserID: 1, Password: mk("on-conflict-ignored")}).Error, nil)
+				DoUpdates: append(clause.Assignments(map[string]any{"password": mk("on-conflict")}), clause.AssignmentColumns([]string{"user_id", "api_key", "blob"})...),
+			}).Create(&Credential{ID: c.ID, UserID: c.UserID, Password: mk("on-conflict-ignored"), APIKey: ptr(mk("updates-map-key")), Blob: []byte(mk("update-column"))}).Error, nil)
 			expect("Create map", db.Model(&Credential{}).Create(map[string]any{"UserID": 6, "Password": mk("create-map"), "Facility": "map"}).Error, nil)
 			expect("Transaction", db.Transaction(func(tx *gorm.DB) error {
 				x := &Credential{UserID: 7, Password: mk("tx-create")}

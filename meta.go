@@ -40,6 +40,7 @@ type modelMeta struct {
 	fields    []encField
 	byDB      map[string]*encField
 	profile   bool  // the configured Profile model
+	selfOwned bool  // the owner is the model's own primary key
 	err       error // a definition error, reported by every statement on the model
 }
 
@@ -92,6 +93,7 @@ func buildMeta(s *schema.Schema, profileType reflect.Type) *modelMeta {
 		m.allDirect = m.allDirect && m.fields[i].direct
 	}
 	if m.owner != nil {
+		m.selfOwned = m.owner.PrimaryKey
 		if off, ok := offsetOf(s.ModelType, m.owner.StructField.Index); ok {
 			m.ownerAt = ownerReader(m.owner.FieldType, off)
 		}

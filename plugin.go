@@ -201,6 +201,7 @@ func (p *Plugin) register(db *gorm.DB) error {
 		err  error
 	}{
 		{"envelope:before_create", cb.Create().After("gorm:save_before_associations").Before("gorm:create").Register("envelope:before_create", p.beforeCreate)},
+		{"envelope:seal_self_owned", cb.Create().After("gorm:create").Before("gorm:save_after_associations").Register("envelope:seal_self_owned", p.sealSelf)},
 		{"envelope:after_create", cb.Create().After("gorm:commit_or_rollback_transaction").Register("envelope:after_create", p.afterWrite)},
 		{"envelope:before_update", cb.Update().After("gorm:save_before_associations").Before("gorm:update").Register("envelope:before_update", p.beforeUpdate)},
 		{"envelope:after_update", cb.Update().After("gorm:commit_or_rollback_transaction").Register("envelope:after_update", p.afterWrite)},

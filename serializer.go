@@ -82,26 +82,58 @@ func setRaw(fv reflect.Value, field *schema.Field, s string, b []byte) (string, 
 
 // Value returns the token that the plugin's before-write callback prepared
 // for this value, or nil for a nil pointer or nil []byte.
+//
+// Value never hands a driver an error that a driver could print with the
+// plaintext (pgx formats a failed argument with %#v, which shows GORM's
+// serializer wrapper and the field's value): when it must refuse, it
+// returns its error only to database/sql's argument conversion, whose
+// message names the argument's position alone, and otherwise a value that
+// no database stores (see refuse).
 func (Serializer) Value(ctx context.Context, field *schema.Field, dst reflect.Value, value any) (any, error) {
+	st, _ := ctx.Value(stateKey{}).(*writeState)
 	plain, isNil, ok := plainOf(value)
 	if !ok {
-		return nil, fmt.Errorf("envelope: %s.%s: unsupported value type %T", field.Schema.Name, field.Name, value)
+		return refuse(st, fmt.Errorf("%w: %s.%s: unsupported value type %T", ErrUnsafe, field.Schema.Name, field.Name, value))
 	}
 	if isNil {
 		return nil, nil
 	}
-	st, _ := ctx.Value(stateKey{}).(*writeState)
 	if st == nil {
-		return nil, fmt.Errorf("%w: %s.%s: an encrypted value can only be written by Create, Save or Update, and compared in no query (see docs/security-model.md)", ErrUnsafe, field.Schema.Name, field.Name)
+		return refuse(nil, fmt.Errorf("%w: %s.%s: an encrypted value can only be written by Create, Save or Update of its model on a *gorm.DB with the envelope plugin (db.Use), and compared in no query (see docs/security-model.md)", ErrUnsafe, field.Schema.Name, field.Name))
+	}
+	if v, ok := st.placeholder(field, dst); ok {
+		return v, nil
 	}
 	tok, owner, ok, err := st.token(field, dst, plain)
 	if err != nil {
-		return nil, err
+		return refuse(st, err)
 	}
 	if !ok {
-		return nil, fmt.Errorf("%w: %s.%s: value was not prepared for owner %v", ErrNoOwner, field.Schema.Name, field.Name, owner)
+		return refuse(st, fmt.Errorf("%w: %s.%s: value was not prepared for owner %v", ErrNoOwner, field.Schema.Name, field.Name, owner))
 	}
 	return tok, nil
+}
+
+// refusal is the value Value returns in place of an error when the error
+// could reach a driver that prints its arguments. It is no driver.Value,
+// so database/sql refuses it; a driver that takes any value (pgx) sends
+// it, and PostgreSQL refuses its NUL byte in any text column.
+type refusal string
+
+const refused refusal = "\x00envelope: write refused"
+
+// refuse returns err where it is safe to, else the refusal value; the
+// statement's after-write callback then reports err itself.
+func refuse(st *writeState, err error) (any, error) {
+	if st != nil {
+		st.refuse(err)
+	} else {
+		logRefusal(err)
+	}
+	if convertingArgs() {
+		return nil, err
+	}
+	return refused, nil
 }
 
 // plainOf extracts the plaintext of a field value.

@@ -125,9 +125,11 @@ func TestWritePaths(t *testing.T) {
 		{"OnConflictAssignments", func(t *testing.T, db *gorm.DB, s string) uint {
 			c := seed(t, db)
 			dup := &Credential{ID: c.ID, UserID: 7, Password: "ignored"}
+			// The conflict target (id) does not determine the owner, so the
+			// row is rewritten whole: owner and every encrypted column.
 			must(t, db.Clauses(clause.OnConflict{
 				Columns:   []clause.Column{{Name: "id"}},
-				DoUpdates: clause.Assignments(map[string]any{"password": s}),
+				DoUpdates: append(clause.Assignments(map[string]any{"password": s}), clause.AssignmentColumns([]string{"user_id", "api_key", "blob"})...),
 			}).Create(dup).Error)
 			return c.ID
 		}},
@@ -136,7 +138,7 @@ func TestWritePaths(t *testing.T) {
 			dup := &Credential{ID: c.ID, UserID: 7, Password: s}
 			must(t, db.Clauses(clause.OnConflict{
 				Columns:   []clause.Column{{Name: "id"}},
-				DoUpdates: clause.AssignmentColumns([]string{"password"}),
+				DoUpdates: clause.AssignmentColumns([]string{"user_id", "password", "api_key", "blob"}),
 			}).Create(dup).Error)
 			return c.ID
 		}},

@@ -1,0 +1,68 @@
+package envelope
+
+import (
+	"log/slog"
+	"runtime"
+	"strings"
+	"sync"
+
+	"gorm.io/gorm"
+)
+
+// What the plugin relies on that GORM, database/sql or a driver does not
+// promise. Each has a tripwire test in internals_test.go that fails if an
+// upgrade changes it.
+
+// gormStartedTx is the instance key GORM's begin_transaction callback sets
+// on a statement for which it began a transaction.
+const gormStartedTx = "gorm:started_transaction"
+
+// startedKey is the plugin's own mark of a transaction it began for a
+// statement (self-owned rows with SkipDefaultTransaction).
+const startedKey = "envelope:started_transaction"
+
+// startedTx reports whether a transaction was begun for this statement
+// alone, by GORM or by the plugin.
+func startedTx(db *gorm.DB) bool {
+	if _, ok := db.InstanceGet(gormStartedTx); ok {
+		return true
+	}
+	_, ok := db.InstanceGet(startedKey)
+	return ok
+}
+
+// convertingArgs reports whether the serializer's Value is being called by
+// database/sql's conversion of a statement's arguments
+// (driverArgsConnLocked), which reports a failed conversion by the
+// argument's position only. Any other caller — a driver that takes
+// driver.Valuer arguments itself, as pgx does — may print the argument,
+// and with it GORM's serializer wrapper holding the plaintext.
+func convertingArgs() bool {
+	var pcs [32]uintptr
+	n := runtime.Callers(3, pcs[:])
+	frames := runtime.CallersFrames(pcs[:n])
+	for {
+		f, more := frames.Next()
+		if f.Function == "database/sql.driverArgsConnLocked" {
+			return true
+		}
+		if strings.HasPrefix(f.Function, "github.com/jackc/pgx/") {
+			return false
+		}
+		if !more {
+			return false
+		}
+	}
+}
+
+var refusalLogged sync.Map // error text -> struct{}
+
+// logRefusal logs, once per message, a write refused on a *gorm.DB without
+// the plugin: its error may only reach the app as a driver's error.
+func logRefusal(err error) {
+	msg := err.Error()
+	if _, dup := refusalLogged.LoadOrStore(msg, struct{}{}); dup {
+		return
+	}
+	slog.Default().Error("envelope: write refused", "err", msg)
+}
