@@ -416,7 +416,7 @@ func (c *collector) onConflict() {
 		return
 	}
 	oc, ok := cl.Expression.(clause.OnConflict)
-	if !ok || len(oc.DoUpdates) == 0 {
+	if !ok || oc.DoNothing || (len(oc.DoUpdates) == 0 && !oc.UpdateAll) {
 		return
 	}
 	m := c.m

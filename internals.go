@@ -66,3 +66,23 @@ func logRefusal(err error) {
 	}
 	slog.Default().Error("envelope: write refused", "err", msg)
 }
+
+// inAssociationReplace reports whether the statement runs inside GORM's
+// Association.Replace, which first upserts the new rows (setting their
+// foreign key) and then nulls the foreign key of the others: where that
+// key is an owner, the second step is refused, and the first must be
+// refused with it so that Replace changes nothing.
+func inAssociationReplace() bool {
+	var pcs [128]uintptr
+	n := runtime.Callers(2, pcs[:])
+	frames := runtime.CallersFrames(pcs[:n])
+	for {
+		f, more := frames.Next()
+		if f.Function == "gorm.io/gorm.(*Association).Replace" {
+			return true
+		}
+		if !more {
+			return false
+		}
+	}
+}

@@ -293,6 +293,10 @@ func (c *collector) checkUpsert() bool {
 		return true
 	}
 	ownerKind := as[m.owner.DBName]
+	if ownerKind == assignSame && inAssociationReplace() {
+		c.fail(&FieldError{Model: m.name, Field: m.owner.Name, Err: fmt.Errorf("%w: Association Replace would clear the owner of the rows it replaces: Unscoped().Clear() then Append, in one transaction (see docs/security-model.md)", ErrUnsafe)})
+		return false
+	}
 	touchesEnc, rewritten := false, true
 	for i := range m.fields {
 		k := as[m.fields[i].f.DBName]

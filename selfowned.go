@@ -188,6 +188,7 @@ func (p *Plugin) endSelf(db *gorm.DB, st *writeState) {
 	switch {
 	case t.savepoint != "":
 		s := db.Session(&gorm.Session{NewDB: true})
+		s.Error = nil // the session would carry the statement's error and run nothing
 		if db.Error != nil {
 			s.RollbackTo(t.savepoint)
 		} else if err := s.Exec("RELEASE SAVEPOINT " + t.savepoint).Error; err != nil {
