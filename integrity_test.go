@@ -138,18 +138,25 @@ func TestOwnerMoveRefused(t *testing.T) {
 		must(t, db.Create(c).Error)
 		byID := db.Model(&Credential{}).Where("id = ?", c.ID)
 		cases := map[string]func() error{
-			"UpdatesMapMove":      func() error { return byID.Session(&gorm.Session{}).Updates(map[string]any{"user_id": 2, "password": "p"}).Error },
-			"UpdateMove":          func() error { return byID.Session(&gorm.Session{}).Update("user_id", 2).Error },
-			"UpdateColumnMove":    func() error { return byID.Session(&gorm.Session{}).UpdateColumn("user_id", 2).Error },
-			"UpdatesStructMove":   func() error { return byID.Session(&gorm.Session{}).Updates(Credential{UserID: 2}).Error },
-			"UpdateNil":           func() error { return byID.Session(&gorm.Session{}).Update("user_id", nil).Error },
-			"UpdateZero":          func() error { return byID.Session(&gorm.Session{}).Update("user_id", 0).Error },
-			"UpdateExpr":          func() error { return byID.Session(&gorm.Session{}).Update("user_id", gorm.Expr("user_id + 1")).Error },
-			"LoadedMove":          func() error { return db.Model(&Credential{ID: c.ID, UserID: 1}).Update("user_id", 2).Error },
-			"LoadedMoveInMemory":  func() error { x := *c; x.UserID = 2; return db.Model(&x).Updates(map[string]any{"user_id": 1}).Error },
-			"SaveOmitPassword":    func() error { x := *c; x.UserID = 2; return db.Omit("password").Save(&x).Error },
-			"AllButOneEncrypted":  func() error { return byID.Session(&gorm.Session{}).Updates(map[string]any{"user_id": 2, "password": "p", "api_key": "k"}).Error },
-			"UpdatesMapPtrMove":   func() error { m := map[string]any{"user_id": 2}; return byID.Session(&gorm.Session{}).Updates(&m).Error },
+			"UpdatesMapMove": func() error {
+				return byID.Session(&gorm.Session{}).Updates(map[string]any{"user_id": 2, "password": "p"}).Error
+			},
+			"UpdateMove":         func() error { return byID.Session(&gorm.Session{}).Update("user_id", 2).Error },
+			"UpdateColumnMove":   func() error { return byID.Session(&gorm.Session{}).UpdateColumn("user_id", 2).Error },
+			"UpdatesStructMove":  func() error { return byID.Session(&gorm.Session{}).Updates(Credential{UserID: 2}).Error },
+			"UpdateNil":          func() error { return byID.Session(&gorm.Session{}).Update("user_id", nil).Error },
+			"UpdateZero":         func() error { return byID.Session(&gorm.Session{}).Update("user_id", 0).Error },
+			"UpdateExpr":         func() error { return byID.Session(&gorm.Session{}).Update("user_id", gorm.Expr("user_id + 1")).Error },
+			"LoadedMove":         func() error { return db.Model(&Credential{ID: c.ID, UserID: 1}).Update("user_id", 2).Error },
+			"LoadedMoveInMemory": func() error { x := *c; x.UserID = 2; return db.Model(&x).Updates(map[string]any{"user_id": 1}).Error },
+			"SaveOmitPassword":   func() error { x := *c; x.UserID = 2; return db.Omit("password").Save(&x).Error },
+			"AllButOneEncrypted": func() error {
+				return byID.Session(&gorm.Session{}).Updates(map[string]any{"user_id": 2, "password": "p", "api_key": "k"}).Error
+			},
+			"UpdatesMapPtrMove": func() error {
+				m := map[string]any{"user_id": 2}
+				return byID.Session(&gorm.Session{}).Updates(&m).Error
+			},
 			"UpdatesMapFieldName": func() error { return byID.Session(&gorm.Session{}).Updates(map[string]any{"UserID": 2}).Error },
 		}
 		for name, f := range cases {
