@@ -98,7 +98,7 @@ still empty, so it is safe while the app runs.`,
 		n, err := rotate.Backfill(ctx, db, ro)
 		p.finish()
 		if err != nil {
-			return err
+			return named("backfill", err)
 		}
 		if o.dryRun {
 			fmt.Fprintf(e.stdout, "dry run: %d profiles have no DEK\n", n)
@@ -109,7 +109,7 @@ still empty, so it is safe while the app runs.`,
 	},
 }
 
-// scanKeys runs rotate.Status with the current keys.
+// scanKeys runs rotate.Status with the current keys for the command label.
 func scanKeys(ctx context.Context, e *env, o *opts, label string) (rotate.StatusResult, error) {
 	ring, err := o.keyring(ctx, e)
 	if err != nil {
@@ -125,7 +125,16 @@ func scanKeys(ctx context.Context, e *env, o *opts, label string) (rotate.Status
 	ro.Progress = p.update
 	st, err := rotate.Status(ctx, db, ro)
 	p.finish()
-	return st, err
+	return st, named(label, err)
+}
+
+// named gives an error from package rotate the command's name in place of
+// the package's: the operator ran "envelope status", not package rotate.
+func named(command string, err error) error {
+	if re, ok := err.(*rotate.Error); ok {
+		return fmt.Errorf("%s: %w", command, re.Err)
+	}
+	return err
 }
 
 func printStatus(w io.Writer, st rotate.StatusResult) {

@@ -125,7 +125,7 @@ func runRotate(ctx context.Context, e *env, o *opts) error {
 	st, err := rotate.Status(ctx, db, ro)
 	p.finish()
 	if err != nil {
-		return err
+		return named("rotate", err)
 	}
 	if st.Undecryptable > 0 {
 		printFailures(e.stderr, "cannot open DEK", st.Failures, st.Undecryptable)
@@ -136,7 +136,7 @@ func runRotate(ctx context.Context, e *env, o *opts) error {
 		ro := o.rotateOptions(ring)
 		res, err := rotate.Run(ctx, db, ro)
 		if err != nil {
-			return err
+			return named("rotate", err)
 		}
 		fmt.Fprintf(e.stdout, "dry run: would rotate %d DEKs (%d already current, %d empty, %d shredded); nothing was changed\n",
 			res.Rotated, res.AlreadyCurrent, res.Empty, res.Shredded)
@@ -192,11 +192,11 @@ func runRotate(ctx context.Context, e *env, o *opts) error {
 			if errors.As(err, &fe) {
 				return err
 			}
-			return stopped(err)
+			return stopped(named("rotate", err))
 		}
 		ro.Progress = nil
 		if st, err = rotate.Status(ctx, db, ro); err != nil {
-			return stopped(err)
+			return stopped(named("rotate", err))
 		}
 		left = 0
 		for _, k := range st.Keys[1:] {
