@@ -190,3 +190,25 @@ func TestErrorsAreOneLine(t *testing.T) {
 		}
 	}
 }
+
+// A bad --driver, or no --dsn, is a bad command line (exit 2) for every
+// command that uses the database, and is found before the keys are read.
+func TestDatabaseFlagsBeforeKeys(t *testing.T) {
+	for _, cmd := range []string{"status", "verify", "backfill", "rotate"} {
+		for _, tc := range []struct {
+			args []string
+			want string
+		}{
+			{[]string{"--driver", "sqlite3", "--dsn", "app.db"}, `envelope: unknown --driver "sqlite3": want sqlite, postgres or mysql` + "\n"},
+			{[]string{"--dsn", "app.db"}, "envelope: no database driver: set --driver (or ENVELOPE_DRIVER) to sqlite, postgres or mysql\n"},
+			{[]string{"--driver", "postgres"}, "envelope: no database: set --dsn (or ENVELOPE_DSN)\n"},
+		} {
+			for _, vars := range []map[string]string{{}, {dek.EnvKey: "short"}} {
+				code, stdout, stderr := runCLI(t, vars, false, append(tc.args, cmd)...)
+				if code != exitUsage || stderr != tc.want || stdout != "" {
+					t.Errorf("%v %s with %d keys: exit %d, stdout %q, stderr %q; want exit 2, stderr %q", tc.args, cmd, len(vars), code, stdout, stderr, tc.want)
+				}
+			}
+		}
+	}
+}

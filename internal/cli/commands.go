@@ -47,6 +47,7 @@ the current primary. Writes nothing.`,
 		printStatus(e.stdout, st)
 		return nil
 	},
+	database: true,
 }
 
 var cmdVerify = &command{
@@ -69,6 +70,7 @@ on stderr. Writes nothing.`,
 		fmt.Fprintf(e.stdout, "verified %d profiles: every DEK opens (%d empty, %d shredded)\n", st.Total, st.Empty, st.Shredded)
 		return nil
 	},
+	database: true,
 }
 
 var cmdBackfill = &command{
@@ -107,6 +109,7 @@ still empty, so it is safe while the app runs.`,
 		}
 		return nil
 	},
+	database: true,
 }
 
 // scanKeys runs rotate.Status with the current keys for the command label.

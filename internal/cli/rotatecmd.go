@@ -44,7 +44,8 @@ that URL, nothing is recorded and what is left is re-encrypted under it.`,
 		fs.BoolVar(&o.dryRun, "dry-run", false, "check and count what would be rotated; write nothing")
 		fs.BoolVar(&o.resume, "resume", false, "make no new key: re-encrypt what is left under the current primary")
 	},
-	run: runRotate,
+	run:      runRotate,
+	database: true,
 }
 
 // rotatePasses bounds the extra passes made when DEKs appear under an old
