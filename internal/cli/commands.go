@@ -34,7 +34,12 @@ var cmdStatus = &command{
 then each previous key by fingerprint), how many no key opens, and how many
 profiles have no DEK or a shredded one. A previous key that opens no DEK can
 be removed from DEK_ENCRYPTION_KEY_PREVIOUS once every app instance runs with
-the current primary. Writes nothing.`,
+the current primary. Writes nothing.
+
+Status is a report: it exits 0 even when some DEKs open under no configured
+key, counting them and warning on stderr; envelope verify is the check that
+exits 1 then. Status exits 1 only when it cannot count (the database or a
+key cannot be opened), and 2 on a bad command line.`,
 	flags: func(fs *flag.FlagSet, o *opts) {
 		o.batchFlags(fs)
 		fs.StringVar(&o.envFile, "env-file", "", "read the keys from this env file instead of the environment")
@@ -45,6 +50,11 @@ the current primary. Writes nothing.`,
 			return err
 		}
 		printStatus(e.stdout, st)
+		if n := st.Undecryptable; n == 1 {
+			fmt.Fprintln(e.stderr, "envelope: warning: 1 DEK opens under no configured key; envelope verify names it and exits 1")
+		} else if n > 1 {
+			fmt.Fprintf(e.stderr, "envelope: warning: %d DEKs open under no configured key; envelope verify names them and exits 1\n", n)
+		}
 		return nil
 	},
 	database: true,
@@ -158,9 +168,6 @@ func printStatus(w io.Writer, st rotate.StatusResult) {
 		if k.Count == 0 {
 			fmt.Fprintf(w, "previous key %d (%s) opens no DEK: it can be retired once every app instance runs with the primary\n", k.Index, k.ID)
 		}
-	}
-	if st.Undecryptable > 0 {
-		fmt.Fprintf(w, "%d DEKs open under no configured key: run envelope verify to name them\n", st.Undecryptable)
 	}
 }
 
