@@ -103,22 +103,22 @@ func (w pgBulk) apply(ctx context.Context, conn gorm.ConnPool, cs []change, empt
 func returned(ctx context.Context, conn gorm.ConnPool, q string, args []any, cs []change, t *target) ([]bool, error) {
 	rows, err := conn.QueryContext(ctx, q, args...)
 	if err != nil {
-		return nil, fmt.Errorf("rotate: update %s: %w", t.table, err)
+		return nil, fmt.Errorf("update %s: %w", t.table, err)
 	}
 	defer rows.Close()
 	written := make(map[any]bool, len(cs))
 	for rows.Next() {
 		var id any
 		if err := rows.Scan(&id); err != nil {
-			return nil, fmt.Errorf("rotate: update %s: %w", t.table, err)
+			return nil, fmt.Errorf("update %s: %w", t.table, err)
 		}
 		written[normID(id)] = true
 	}
 	if err := rows.Err(); err != nil {
-		return nil, fmt.Errorf("rotate: update %s: %w", t.table, err)
+		return nil, fmt.Errorf("update %s: %w", t.table, err)
 	}
 	if err := rows.Close(); err != nil {
-		return nil, fmt.Errorf("rotate: update %s: %w", t.table, err)
+		return nil, fmt.Errorf("update %s: %w", t.table, err)
 	}
 	done := make([]bool, len(cs))
 	for i, c := range cs {
@@ -207,11 +207,11 @@ func (w myBulk) chunk(ctx context.Context, conn gorm.ConnPool, cs []change, done
 	}
 	res, err := conn.ExecContext(ctx, b.String(), args...)
 	if err != nil {
-		return fmt.Errorf("rotate: update %s: %w", t.table, err)
+		return fmt.Errorf("update %s: %w", t.table, err)
 	}
 	n, err := res.RowsAffected()
 	if err != nil {
-		return fmt.Errorf("rotate: update %s: %w", t.table, err)
+		return fmt.Errorf("update %s: %w", t.table, err)
 	}
 	switch {
 	case n == int64(len(cs)):
@@ -255,7 +255,7 @@ func (w perRow) apply(ctx context.Context, conn gorm.ConnPool, cs []change, empt
 	}
 	stmt, err := conn.PrepareContext(ctx, q)
 	if err != nil {
-		return nil, fmt.Errorf("rotate: update %s: %w", t.table, err)
+		return nil, fmt.Errorf("update %s: %w", t.table, err)
 	}
 	defer stmt.Close()
 	done := make([]bool, len(cs))
@@ -266,11 +266,11 @@ func (w perRow) apply(ctx context.Context, conn gorm.ConnPool, cs []change, empt
 		}
 		res, err := stmt.ExecContext(ctx, args...)
 		if err != nil {
-			return nil, fmt.Errorf("rotate: update %s: %w", t.table, err)
+			return nil, fmt.Errorf("update %s: %w", t.table, err)
 		}
 		n, err := res.RowsAffected()
 		if err != nil {
-			return nil, fmt.Errorf("rotate: update %s: %w", t.table, err)
+			return nil, fmt.Errorf("update %s: %w", t.table, err)
 		}
 		done[i] = n > 0
 	}

@@ -110,6 +110,32 @@ func (e *FailedError) Error() string {
 // Unwrap returns [dek.ErrDecrypt].
 func (e *FailedError) Unwrap() error { return dek.ErrDecrypt }
 
+// Error is what Run, Status, Verify and Backfill return for every failure
+// other than DEKs that could not be opened (a [*FailedError]): bad Options,
+// a database error, the context ending.
+type Error struct {
+	// Err is what went wrong, without the package's name: a caller that
+	// names the operation itself (the envelope command names its
+	// subcommand) prints Err.
+	Err error
+}
+
+// Error is Err's text after "rotate: ".
+func (e *Error) Error() string { return "rotate: " + e.Err.Error() }
+
+// Unwrap returns Err.
+func (e *Error) Unwrap() error { return e.Err }
+
+// wrap makes a failure of an exported function an *Error; nil and the
+// package's own errors are returned as they are.
+func wrap(err error) error {
+	switch err.(type) {
+	case nil, *Error, *FailedError:
+		return err
+	}
+	return &Error{Err: err}
+}
+
 // target is the resolved table and quoted SQL names for one run.
 type target struct {
 	db        *gorm.DB
@@ -127,20 +153,20 @@ type target struct {
 
 func (o *Options) resolve(ctx context.Context, db *gorm.DB) (*target, error) {
 	if db == nil {
-		return nil, errors.New("rotate: nil *gorm.DB")
+		return nil, errors.New("nil *gorm.DB")
 	}
 	if o.Keys == nil {
-		return nil, fmt.Errorf("rotate: Options.Keys is nil: %w", dek.ErrNoKey)
+		return nil, fmt.Errorf("Options.Keys is nil: %w", dek.ErrNoKey)
 	}
 	if o.BatchSize < 0 {
-		return nil, fmt.Errorf("rotate: negative batch size %d", o.BatchSize)
+		return nil, fmt.Errorf("negative batch size %d", o.BatchSize)
 	}
 	db = db.WithContext(ctx)
 	table, id, dekCol, owner := o.Table, o.IDColumn, o.DEKColumn, o.OwnerColumn
 	if o.Profile != nil {
 		p, err := profilemeta.Parse(db, o.Profile)
 		if err != nil {
-			return nil, fmt.Errorf("rotate: %w", err)
+			return nil, err
 		}
 		table, id, dekCol, owner = p.Table, p.ID.DBName, p.DEK.DBName, p.Owner.DBName
 	}

@@ -98,16 +98,16 @@ func Run(ctx context.Context, db *gorm.DB, opts Options) (Result, error) {
 	var res Result
 	t, err := opts.resolve(ctx, db)
 	if err != nil {
-		return res, err
+		return res, wrap(err)
 	}
 	primaryOnly, err := dek.NewKeyring(opts.Keys.Primary())
 	if err != nil {
-		return res, fmt.Errorf("rotate: %w", err)
+		return res, wrap(err)
 	}
 	total := 0
 	if opts.Progress != nil {
 		if total, err = t.count(ctx, ""); err != nil {
-			return res, err
+			return res, wrap(err)
 		}
 	}
 	c := &cryptor{keys: opts.Keys, verify: primaryOnly}
@@ -122,7 +122,7 @@ func Run(ctx context.Context, db *gorm.DB, opts Options) (Result, error) {
 		}
 	})
 	if err != nil {
-		return res, interrupted(ctx, err)
+		return res, wrap(interrupted(ctx, err))
 	}
 	if res.Failed > 0 {
 		return res, &FailedError{Op: "rotate", Count: res.Failed}

@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"errors"
+	"strings"
 	"testing"
 
 	"github.com/fernet/fernet-go"
@@ -437,3 +438,58 @@ func TestInterrupted(t *testing.T) {
 		t.Fatalf("failure, context alive: %v", err)
 	}
 }
+
+// Every error but a *FailedError is an *Error: its text starts "rotate: "
+// once, whatever failed, and Err is the same without the prefix, for a
+// caller that names the operation itself (the envelope command).
+func TestErrorPrefix(t *testing.T) {
+	db := testdb.Open(t, testdb.SQLite)
+	ctx := context.Background()
+	keys := keyring(t, newKey(t))
+	missing := Options{Keys: keys, Table: "missing", Progress: func(Progress) {}}
+	cancelled, cancel := context.WithCancel(ctx)
+	cancel()
+	w := newWorld(t, db)
+	w.seed(t, keys, 1, 3)
+	profiles := Options{Keys: keys, Profile: &Profile{}}
+	for _, tc := range []struct {
+		name string
+		err  error
+	}{
+		{"run, no keys", second(Run(ctx, db, Options{}))},
+		{"run, missing table", second(Run(ctx, db, missing))},
+		{"status, missing table", second(Status(ctx, db, missing))},
+		{"verify, missing table", second(Verify(ctx, db, missing))},
+		{"backfill, missing table", second(Backfill(ctx, db, missing))},
+		{"backfill dry run, missing table", second(Backfill(ctx, db, Options{Keys: keys, Table: "missing", DryRun: true}))},
+		{"run, context cancelled", second(Run(cancelled, db, profiles))},
+		{"status, context cancelled", second(Status(cancelled, db, profiles))},
+	} {
+		var re *Error
+		if !errors.As(tc.err, &re) {
+			t.Errorf("%s: %T %v, want a *rotate.Error", tc.name, tc.err, tc.err)
+			continue
+		}
+		msg := tc.err.Error()
+		if !strings.HasPrefix(msg, "rotate: ") || strings.Count(msg, "rotate:") != 1 {
+			t.Errorf("%s: %q, want one rotate: prefix", tc.name, msg)
+		}
+		if "rotate: "+re.Err.Error() != msg {
+			t.Errorf("%s: Err %q, error %q", tc.name, re.Err, msg)
+		}
+	}
+	if _, err := Run(ctx, db, Options{}); !errors.Is(err, dek.ErrNoKey) {
+		t.Errorf("no keys: %v does not wrap dek.ErrNoKey", err)
+	}
+	if _, err := Run(cancelled, db, profiles); !errors.Is(err, context.Canceled) {
+		t.Errorf("cancelled: %v does not wrap context.Canceled", err)
+	}
+	// DEKs that no key opens are a *FailedError, not wrapped.
+	_, err := Verify(ctx, db, Options{Keys: keyring(t, newKey(t)), Profile: &Profile{}})
+	var re *Error
+	if _, ok := err.(*FailedError); !ok || errors.As(err, &re) {
+		t.Errorf("verify with another key: %T %v, want a bare *FailedError", err, err)
+	}
+}
+
+func second[T any](_ T, err error) error { return err }

@@ -107,7 +107,7 @@ func (t *target) rereadIn(ctx context.Context, conn gorm.ConnPool, ids []any) ([
 func (t *target) query(ctx context.Context, conn gorm.ConnPool, buf []row, q string, args ...any) ([]row, error) {
 	rows, err := conn.QueryContext(ctx, q, args...)
 	if err != nil {
-		return buf, fmt.Errorf("rotate: read %s: %w", t.table, err)
+		return buf, fmt.Errorf("read %s: %w", t.table, err)
 	}
 	defer rows.Close()
 	for rows.Next() {
@@ -116,12 +116,12 @@ func (t *target) query(ctx context.Context, conn gorm.ConnPool, buf []row, q str
 			enc       []byte
 		)
 		if err := rows.Scan(&id, &owner, &enc); err != nil {
-			return buf, fmt.Errorf("rotate: read %s: %w", t.table, err)
+			return buf, fmt.Errorf("read %s: %w", t.table, err)
 		}
 		buf = append(buf, row{id: normID(id), owner: owner, enc: enc})
 	}
 	if err := rows.Err(); err != nil {
-		return buf, fmt.Errorf("rotate: read %s: %w", t.table, err)
+		return buf, fmt.Errorf("read %s: %w", t.table, err)
 	}
 	return buf, rows.Close()
 }
@@ -178,16 +178,16 @@ func (t *target) count(ctx context.Context, filter string) (int, error) {
 	var n int64
 	rows, err := t.pool().QueryContext(ctx, q)
 	if err != nil {
-		return 0, fmt.Errorf("rotate: count %s: %w", t.table, err)
+		return 0, fmt.Errorf("count %s: %w", t.table, err)
 	}
 	defer rows.Close()
 	if rows.Next() {
 		if err := rows.Scan(&n); err != nil {
-			return 0, fmt.Errorf("rotate: count %s: %w", t.table, err)
+			return 0, fmt.Errorf("count %s: %w", t.table, err)
 		}
 	}
 	if err := rows.Err(); err != nil {
-		return 0, fmt.Errorf("rotate: count %s: %w", t.table, err)
+		return 0, fmt.Errorf("count %s: %w", t.table, err)
 	}
 	return int(n), rows.Close()
 }

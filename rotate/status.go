@@ -51,7 +51,7 @@ func Status(ctx context.Context, db *gorm.DB, opts Options) (StatusResult, error
 	var st StatusResult
 	t, err := opts.resolve(ctx, db)
 	if err != nil {
-		return st, err
+		return st, wrap(err)
 	}
 	for i, k := range opts.Keys.Keys() {
 		st.Keys = append(st.Keys, KeyCount{Index: i, ID: dek.KeyID(k)})
@@ -59,7 +59,7 @@ func Status(ctx context.Context, db *gorm.DB, opts Options) (StatusResult, error
 	total := 0
 	if opts.Progress != nil {
 		if total, err = t.count(ctx, ""); err != nil {
-			return st, err
+			return st, wrap(err)
 		}
 	}
 	c := &cryptor{keys: opts.Keys, status: true}
@@ -87,7 +87,7 @@ func Status(ctx context.Context, db *gorm.DB, opts Options) (StatusResult, error
 		}
 		return nil
 	})
-	return st, err
+	return st, wrap(err)
 }
 
 // Verify is Status that fails: it returns a *[FailedError] if any DEK
@@ -108,16 +108,17 @@ func Verify(ctx context.Context, db *gorm.DB, opts Options) (StatusResult, error
 func Backfill(ctx context.Context, db *gorm.DB, opts Options) (int, error) {
 	t, err := opts.resolve(ctx, db)
 	if err != nil {
-		return 0, err
+		return 0, wrap(err)
 	}
 	empty := t.emptyCond(t.dek)
 	if opts.DryRun {
-		return t.count(ctx, empty)
+		n, err := t.count(ctx, empty)
+		return n, wrap(err)
 	}
 	total := 0
 	if opts.Progress != nil {
 		if total, err = t.count(ctx, empty); err != nil {
-			return 0, err
+			return 0, wrap(err)
 		}
 	}
 	given, scanned := 0, 0
@@ -150,5 +151,5 @@ func Backfill(ctx context.Context, db *gorm.DB, opts Options) (int, error) {
 		}
 		return nil
 	})
-	return given, interrupted(ctx, err)
+	return given, wrap(interrupted(ctx, err))
 }

@@ -102,6 +102,7 @@ var errReported = errors.New("reported")
 // command is one subcommand.
 type command struct {
 	name, args, short, long string
+	database                bool // uses the database: --driver and --dsn
 	flags                   func(fs *flag.FlagSet, o *opts)
 	run                     func(ctx context.Context, e *env, o *opts) error
 }
@@ -186,6 +187,11 @@ func runCommand(ctx context.Context, c *command, args []string, e *env, o *opts)
 	}
 	if _, ok := o.kmsRef(); ok && c.name != "keygen" && e.ext.OpenKMS == nil {
 		return report(e, &usageError{errNoKMS.Error()})
+	}
+	if c.database {
+		if err := o.checkDB(); err != nil {
+			return report(e, err)
+		}
 	}
 	defer o.closeKeys()
 	return report(e, c.run(ctx, e, o))

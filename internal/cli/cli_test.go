@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"os"
+	"regexp"
 	"strconv"
 	"strings"
 	"testing"
@@ -14,6 +15,7 @@ import (
 	"gorm.io/gorm/logger"
 
 	"github.com/gorm-envelope/envelope/dek"
+	"github.com/gorm-envelope/envelope/internal/testdb"
 )
 
 func TestMain(m *testing.M) {
@@ -187,6 +189,50 @@ func TestErrorsAreOneLine(t *testing.T) {
 		}
 		if strings.Contains(stderr, "envelope: envelope:") {
 			t.Errorf("%v: doubled prefix: %q", args, stderr)
+		}
+	}
+}
+
+// A bad --driver, or no --dsn, is a bad command line (exit 2) for every
+// command that uses the database, and is found before the keys are read.
+func TestDatabaseFlagsBeforeKeys(t *testing.T) {
+	for _, cmd := range []string{"status", "verify", "backfill", "rotate"} {
+		for _, tc := range []struct {
+			args []string
+			want string
+		}{
+			{[]string{"--driver", "sqlite3", "--dsn", "app.db"}, `envelope: unknown --driver "sqlite3": want sqlite, postgres or mysql` + "\n"},
+			{[]string{"--dsn", "app.db"}, "envelope: no database driver: set --driver (or ENVELOPE_DRIVER) to sqlite, postgres or mysql\n"},
+			{[]string{"--driver", "postgres"}, "envelope: no database: set --dsn (or ENVELOPE_DSN)\n"},
+		} {
+			for _, vars := range []map[string]string{{}, {dek.EnvKey: "short"}} {
+				code, stdout, stderr := runCLI(t, vars, false, append(tc.args, cmd)...)
+				if code != exitUsage || stderr != tc.want || stdout != "" {
+					t.Errorf("%v %s with %d keys: exit %d, stdout %q, stderr %q; want exit 2, stderr %q", tc.args, cmd, len(vars), code, stdout, stderr, tc.want)
+				}
+			}
+		}
+	}
+}
+
+// status exits 0 when a DEK opens under no configured key, and says so on
+// stderr; verify exits 1. Both exit 1 when they cannot read the table.
+func TestStatusExitCodes(t *testing.T) {
+	db := testdb.Open(t, testdb.SQLite)
+	lost := newFernet(t)
+	seedServer(t, db, lost, 3)
+	vars := map[string]string{"ENVELOPE_DRIVER": "sqlite", "ENVELOPE_DSN": testdb.DSN(t, db), dek.EnvKey: newFernet(t)}
+	code, stdout, stderr := runCLI(t, vars, false, "status")
+	if code != exitOK || !regexp.MustCompile(`none \(undecryptable\) +3\n`).MatchString(stdout) ||
+		stderr != "envelope: warning: 3 DEKs open under no configured key; envelope verify names them and exits 1\n" {
+		t.Errorf("status: exit %d\nstdout %s\nstderr %q", code, stdout, stderr)
+	}
+	if code, _, stderr := runCLI(t, vars, false, "verify"); code != exitFail || !strings.HasSuffix(stderr, "envelope: verify: 3 DEKs could not be opened\n") {
+		t.Errorf("verify: exit %d\nstderr %q", code, stderr)
+	}
+	for _, cmd := range []string{"status", "verify"} {
+		if code, _, stderr := runCLI(t, vars, false, "--table", "missing", cmd); code != exitFail || !strings.HasPrefix(stderr, "envelope: "+cmd+": ") {
+			t.Errorf("%s on a missing table: exit %d, stderr %q", cmd, code, stderr)
 		}
 	}
 }

@@ -34,7 +34,12 @@ var cmdStatus = &command{
 then each previous key by fingerprint), how many no key opens, and how many
 profiles have no DEK or a shredded one. A previous key that opens no DEK can
 be removed from DEK_ENCRYPTION_KEY_PREVIOUS once every app instance runs with
-the current primary. Writes nothing.`,
+the current primary. Writes nothing.
+
+Status is a report: it exits 0 even when some DEKs open under no configured
+key, counting them and warning on stderr; envelope verify is the check that
+exits 1 then. Status exits 1 only when it cannot count (the database or a
+key cannot be opened), and 2 on a bad command line.`,
 	flags: func(fs *flag.FlagSet, o *opts) {
 		o.batchFlags(fs)
 		fs.StringVar(&o.envFile, "env-file", "", "read the keys from this env file instead of the environment")
@@ -45,8 +50,14 @@ the current primary. Writes nothing.`,
 			return err
 		}
 		printStatus(e.stdout, st)
+		if n := st.Undecryptable; n == 1 {
+			fmt.Fprintln(e.stderr, "envelope: warning: 1 DEK opens under no configured key; envelope verify names it and exits 1")
+		} else if n > 1 {
+			fmt.Fprintf(e.stderr, "envelope: warning: %d DEKs open under no configured key; envelope verify names them and exits 1\n", n)
+		}
 		return nil
 	},
+	database: true,
 }
 
 var cmdVerify = &command{
@@ -69,6 +80,7 @@ on stderr. Writes nothing.`,
 		fmt.Fprintf(e.stdout, "verified %d profiles: every DEK opens (%d empty, %d shredded)\n", st.Total, st.Empty, st.Shredded)
 		return nil
 	},
+	database: true,
 }
 
 var cmdBackfill = &command{
@@ -98,7 +110,7 @@ still empty, so it is safe while the app runs.`,
 		n, err := rotate.Backfill(ctx, db, ro)
 		p.finish()
 		if err != nil {
-			return err
+			return named("backfill", err)
 		}
 		if o.dryRun {
 			fmt.Fprintf(e.stdout, "dry run: %d profiles have no DEK\n", n)
@@ -107,9 +119,10 @@ still empty, so it is safe while the app runs.`,
 		}
 		return nil
 	},
+	database: true,
 }
 
-// scanKeys runs rotate.Status with the current keys.
+// scanKeys runs rotate.Status with the current keys for the command label.
 func scanKeys(ctx context.Context, e *env, o *opts, label string) (rotate.StatusResult, error) {
 	ring, err := o.keyring(ctx, e)
 	if err != nil {
@@ -125,7 +138,16 @@ func scanKeys(ctx context.Context, e *env, o *opts, label string) (rotate.Status
 	ro.Progress = p.update
 	st, err := rotate.Status(ctx, db, ro)
 	p.finish()
-	return st, err
+	return st, named(label, err)
+}
+
+// named gives an error from package rotate the command's name in place of
+// the package's: the operator ran "envelope status", not package rotate.
+func named(command string, err error) error {
+	if re, ok := err.(*rotate.Error); ok {
+		return fmt.Errorf("%s: %w", command, re.Err)
+	}
+	return err
 }
 
 func printStatus(w io.Writer, st rotate.StatusResult) {
@@ -146,9 +168,6 @@ func printStatus(w io.Writer, st rotate.StatusResult) {
 		if k.Count == 0 {
 			fmt.Fprintf(w, "previous key %d (%s) opens no DEK: it can be retired once every app instance runs with the primary\n", k.Index, k.ID)
 		}
-	}
-	if st.Undecryptable > 0 {
-		fmt.Fprintf(w, "%d DEKs open under no configured key: run envelope verify to name them\n", st.Undecryptable)
 	}
 }
 

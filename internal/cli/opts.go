@@ -43,7 +43,7 @@ func (o *opts) global(fs *flag.FlagSet, e *env) {
 	fs.StringVar(&o.driver, "driver", o.driver, "database `driver`: "+driverList+" (default $ENVELOPE_DRIVER)")
 	// Help never prints these two values: a DSN may hold a password, and a
 	// key URL (base64key://) key material.
-	fs.Var(hidden{&o.dsn}, "dsn", "data source `name` for the driver (default $ENVELOPE_DSN)")
+	fs.Var(hidden{&o.dsn}, "dsn", "data source `name` for the driver: for sqlite, a database file that exists (default $ENVELOPE_DSN)")
 	fs.Var(hidden{&o.kmsURL}, "kms-url", "master key held in a KMS, by `URL`: the primary key, with the configured keys as previous keys (default $ENVELOPE_KMS_URL)")
 	fs.StringVar(&o.table, "table", orDefault(o.table, rotate.DefaultTable), "profile `table`")
 	fs.StringVar(&o.idCol, "id-column", orDefault(o.idCol, rotate.DefaultIDColumn), "primary key `column` of the profile table")
@@ -75,10 +75,31 @@ func orDefault(s, def string) string {
 // driverList names the supported --driver values.
 const driverList = "sqlite, postgres or mysql"
 
+// checkDB checks the database flags: a driver this command knows, a DSN,
+// and for SQLite a database file that exists. Commands that use the database call it before they read any key, so
+// that a mistake in the flags is reported as such.
+func (o *opts) checkDB() error {
+	switch o.driver {
+	case "sqlite", "postgres", "mysql", "":
+	default:
+		return usagef("unknown --driver %q: want %s", o.driver, driverList)
+	}
+	if o.dsn == "" {
+		return usagef("no database: set --dsn (or ENVELOPE_DSN)")
+	}
+	if o.driver == "" {
+		return usagef("no database driver: set --driver (or ENVELOPE_DRIVER) to %s", driverList)
+	}
+	if o.driver == "sqlite" {
+		return checkSQLite(o.dsn)
+	}
+	return nil
+}
+
 // open connects to the database named by the global flags.
 func (o *opts) open() (*gorm.DB, error) {
-	if o.dsn == "" {
-		return nil, usagef("no database: set --dsn (or ENVELOPE_DSN)")
+	if err := o.checkDB(); err != nil {
+		return nil, err
 	}
 	var d gorm.Dialector
 	switch o.driver {
@@ -95,12 +116,8 @@ func (o *opts) open() (*gorm.DB, error) {
 		d = sqlite.Open(dsn)
 	case "postgres":
 		d = postgres.Open(o.dsn)
-	case "mysql": // MySQL and MariaDB
+	default: // mysql: MySQL and MariaDB
 		d = mysql.Open(o.dsn)
-	case "":
-		return nil, usagef("no database driver: set --driver (or ENVELOPE_DRIVER) to %s", driverList)
-	default:
-		return nil, usagef("unknown --driver %q: want %s", o.driver, driverList)
 	}
 	db, err := gorm.Open(d, &gorm.Config{Logger: logger.Discard, SkipDefaultTransaction: true})
 	if err != nil {

@@ -44,7 +44,8 @@ that URL, nothing is recorded and what is left is re-encrypted under it.`,
 		fs.BoolVar(&o.dryRun, "dry-run", false, "check and count what would be rotated; write nothing")
 		fs.BoolVar(&o.resume, "resume", false, "make no new key: re-encrypt what is left under the current primary")
 	},
-	run: runRotate,
+	run:      runRotate,
+	database: true,
 }
 
 // rotatePasses bounds the extra passes made when DEKs appear under an old
@@ -125,7 +126,7 @@ func runRotate(ctx context.Context, e *env, o *opts) error {
 	st, err := rotate.Status(ctx, db, ro)
 	p.finish()
 	if err != nil {
-		return err
+		return named("rotate", err)
 	}
 	if st.Undecryptable > 0 {
 		printFailures(e.stderr, "cannot open DEK", st.Failures, st.Undecryptable)
@@ -136,7 +137,7 @@ func runRotate(ctx context.Context, e *env, o *opts) error {
 		ro := o.rotateOptions(ring)
 		res, err := rotate.Run(ctx, db, ro)
 		if err != nil {
-			return err
+			return named("rotate", err)
 		}
 		fmt.Fprintf(e.stdout, "dry run: would rotate %d DEKs (%d already current, %d empty, %d shredded); nothing was changed\n",
 			res.Rotated, res.AlreadyCurrent, res.Empty, res.Shredded)
@@ -192,11 +193,11 @@ func runRotate(ctx context.Context, e *env, o *opts) error {
 			if errors.As(err, &fe) {
 				return err
 			}
-			return stopped(err)
+			return stopped(named("rotate", err))
 		}
 		ro.Progress = nil
 		if st, err = rotate.Status(ctx, db, ro); err != nil {
-			return stopped(err)
+			return stopped(named("rotate", err))
 		}
 		left = 0
 		for _, k := range st.Keys[1:] {
