@@ -12,7 +12,7 @@ import (
 )
 
 // SerializerName is the name to use in the tag gorm:"serializer:envelope".
-const SerializerName = "envelope"
+const SerializerName = profilemeta.SerializerName
 
 type valueKind uint8
 
