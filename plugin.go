@@ -86,6 +86,10 @@ type Plugin struct {
 
 	once    sync.Once
 	initErr error
+	// served is db.Callback() of the handle Initialize ran for: every
+	// session of one gorm.Open shares it (Session copies *gorm.Config, not
+	// the callbacks), and another gorm.Open has its own.
+	served any
 }
 
 // ownerKey is what the cache holds for one owner: the prepared cipher of
@@ -132,9 +136,17 @@ func (p *Plugin) CacheStats() cache.Stats { return p.cache.Stats() }
 func (p *Plugin) PlaintextReads() uint64 { return p.plaintextReads.Load() }
 
 // Initialize validates the configuration and registers the serializer and
-// the callbacks. GORM calls it from db.Use; it runs once.
+// the callbacks. GORM calls it from db.Use; it runs once. A Plugin serves
+// one *gorm.DB: Use on another handle is refused, since its callbacks
+// would never be registered there.
 func (p *Plugin) Initialize(db *gorm.DB) error {
-	p.once.Do(func() { p.initErr = p.initialize(db) })
+	p.once.Do(func() {
+		p.served = db.Callback()
+		p.initErr = p.initialize(db)
+	})
+	if p.initErr == nil && p.served != any(db.Callback()) {
+		return errors.New("envelope: this Plugin already serves another *gorm.DB; create one with envelope.New for each")
+	}
 	return p.initErr
 }
 
