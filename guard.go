@@ -171,6 +171,24 @@ func (p *Plugin) comparedField(db *gorm.DB, m *modelMeta, exprs []clause.Express
 // lookup finds the encrypted field a condition's column names, if any:
 // an unqualified name, or one qualified by the statement's own table.
 func (m *modelMeta) lookup(table string, col any) *encField {
+	name := columnOf(table, col)
+	if name == "" {
+		return nil
+	}
+	if ef := m.byDB[name]; ef != nil {
+		return ef
+	}
+	for i := range m.fields {
+		if m.fields[i].f.Name == name {
+			return &m.fields[i]
+		}
+	}
+	return nil
+}
+
+// columnOf returns the unquoted name of the column col names (a string or
+// a clause.Column), if it is unqualified or qualified by table; else "".
+func columnOf(table string, col any) string {
 	var name, qual string
 	switch c := col.(type) {
 	case string:
@@ -184,20 +202,11 @@ func (m *modelMeta) lookup(table string, col any) *encField {
 			qual = ""
 		}
 	default:
-		return nil
+		return ""
 	}
 	qual = strings.Trim(qual, "`\"")
 	if qual != "" && qual != table {
-		return nil
+		return ""
 	}
-	name = strings.Trim(name, "`\"")
-	if ef := m.byDB[name]; ef != nil {
-		return ef
-	}
-	for i := range m.fields {
-		if m.fields[i].f.Name == name {
-			return &m.fields[i]
-		}
-	}
-	return nil
+	return strings.Trim(name, "`\"")
 }

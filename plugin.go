@@ -222,6 +222,7 @@ func (p *Plugin) register(db *gorm.DB) error {
 		{"envelope:guard_update", cb.Update().Before("gorm:update").Register("envelope:guard_update", p.guard)},
 		{"envelope:guard_delete", cb.Delete().Before("gorm:delete").Register("envelope:guard_delete", p.guard)},
 		{"envelope:profile_delete", cb.Delete().Before("gorm:delete").Register("envelope:profile_delete", p.profileWrite)},
+		{"envelope:profile_deleted", cb.Delete().After("gorm:commit_or_rollback_transaction").Register("envelope:profile_deleted", p.profileDeleted)},
 		{"envelope:after_query", cb.Query().After("gorm:query").Before("gorm:preload").Register("envelope:after_query", p.afterQuery)},
 	}
 	for _, r := range regs {
