@@ -468,6 +468,13 @@ func (p *Plugin) decryptTarget(t target, keys map[any]*ownerKey, kerrs map[any]e
 			}
 			errs = append(errs, &FieldError{Model: t.m.name, Field: ef.f.Name, Owner: t.owner, Err: err})
 		}
+		if p.keys == nil {
+			// No master key: no stored value is read, token or not, owner or
+			// not, and AcceptPlaintext does not change that. (The pipeline
+			// never starts without a key: every read comes through here.)
+			fail(ErrNoKey)
+			continue
+		}
 		if !token.LooksLikeString(b) {
 			if p.cfg.AcceptPlaintext {
 				p.plaintextRead(t.m, ef)

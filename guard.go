@@ -3,6 +3,7 @@ package envelope
 import (
 	"fmt"
 	"strings"
+	"unicode"
 
 	"gorm.io/gorm"
 	"gorm.io/gorm/clause"
@@ -10,9 +11,11 @@ import (
 
 // guard refuses WHERE conditions that compare an encrypted column to a
 // value — struct and map conditions, in Where, Not and Or, and the
-// conditions of FirstOrCreate — before any SQL is sent. Tokens use random
-// IVs, so such a comparison can never match, and map conditions would send
-// the plaintext. Raw SQL strings ("password = ?") are the caller's own.
+// conditions of FirstOrCreate — and an ORDER BY an encrypted column,
+// before any SQL is sent. Tokens use random IVs, so such a comparison can
+// never match, map conditions would send the plaintext, and tokens sort in
+// an order that has nothing to do with their plaintexts. Raw SQL strings
+// ("password = ?", "length(password)") are the caller's own.
 func (p *Plugin) guard(db *gorm.DB) {
 	if db.Error != nil || db.Statement.Schema == nil {
 		return
@@ -25,17 +28,99 @@ func (p *Plugin) guard(db *gorm.DB) {
 	if len(m.fields) == 0 {
 		return
 	}
-	c, ok := db.Statement.Clauses["WHERE"]
-	if !ok {
-		return
+	if c, ok := db.Statement.Clauses["WHERE"]; ok {
+		if w, ok := c.Expression.(clause.Where); ok {
+			if name := p.comparedField(db, m, w.Exprs); name != "" {
+				db.AddError(&FieldError{Model: m.name, Field: name, Err: fmt.Errorf("%w: encrypted fields cannot be compared in a query (random IVs never match; see docs/security-model.md)", ErrUnsafe)})
+				return
+			}
+		}
 	}
-	w, ok := c.Expression.(clause.Where)
-	if !ok {
-		return
+	if c, ok := db.Statement.Clauses["ORDER BY"]; ok {
+		if ob, ok := c.Expression.(clause.OrderBy); ok {
+			if name := orderedField(db.Statement.Table, m, ob); name != "" {
+				db.AddError(&FieldError{Model: m.name, Field: name, Err: fmt.Errorf("%w: a query cannot be ordered by an encrypted field (tokens sort at random; see docs/security-model.md)", ErrUnsafe)})
+			}
+		}
 	}
-	if name := p.comparedField(db, m, w.Exprs); name != "" {
-		db.AddError(&FieldError{Model: m.name, Field: name, Err: fmt.Errorf("%w: encrypted fields cannot be compared in a query (random IVs never match; see docs/security-model.md)", ErrUnsafe)})
+}
+
+// orderedField returns the name of an encrypted field that ob orders by,
+// or "". A column is one given as a clause.Column, or a term of an
+// Order("...") string that is only a column name (unqualified, or
+// qualified by the statement's table, quoted or not) followed by ASC,
+// DESC or NULLS FIRST/LAST. Other terms are SQL expressions
+// ("length(password)", "password IS NULL"): like raw WHERE strings, the
+// caller's own. An OrderBy built from an Expression is one too.
+func orderedField(table string, m *modelMeta, ob clause.OrderBy) string {
+	if ob.Expression != nil {
+		return ""
 	}
+	for _, c := range ob.Columns {
+		if !c.Column.Raw {
+			if ef := m.lookup(table, c.Column); ef != nil {
+				return ef.f.Name
+			}
+			continue
+		}
+		for _, term := range splitTerms(c.Column.Name) {
+			if col := orderColumn(term); col != "" {
+				if ef := m.lookup(table, col); ef != nil {
+					return ef.f.Name
+				}
+			}
+		}
+	}
+	return ""
+}
+
+// splitTerms splits an ORDER BY list at its top-level commas, outside
+// parentheses and quotes.
+func splitTerms(s string) []string {
+	var out []string
+	depth, start := 0, 0
+	var quote byte
+	for i := 0; i < len(s); i++ {
+		ch := s[i]
+		switch {
+		case quote != 0:
+			if ch == quote {
+				quote = 0
+			}
+		case ch == '\'' || ch == '"' || ch == '`':
+			quote = ch
+		case ch == '(':
+			depth++
+		case ch == ')':
+			depth--
+		case ch == ',' && depth == 0:
+			out = append(out, s[start:i])
+			start = i + 1
+		}
+	}
+	return append(out, s[start:])
+}
+
+// orderColumn returns the column an ORDER BY term consists of, or "" if
+// the term is an expression.
+func orderColumn(term string) string {
+	words := strings.Fields(term)
+	if len(words) == 0 {
+		return ""
+	}
+	for _, w := range words[1:] {
+		switch strings.ToLower(w) {
+		case "asc", "desc", "nulls", "first", "last":
+		default:
+			return ""
+		}
+	}
+	for _, r := range words[0] {
+		if !(r == '_' || r == '.' || r == '"' || r == '`' || r == '$' || unicode.IsLetter(r) || unicode.IsDigit(r)) {
+			return ""
+		}
+	}
+	return words[0]
 }
 
 // comparedField returns the name of an encrypted field that exprs compare
@@ -86,6 +171,24 @@ func (p *Plugin) comparedField(db *gorm.DB, m *modelMeta, exprs []clause.Express
 // lookup finds the encrypted field a condition's column names, if any:
 // an unqualified name, or one qualified by the statement's own table.
 func (m *modelMeta) lookup(table string, col any) *encField {
+	name := columnOf(table, col)
+	if name == "" {
+		return nil
+	}
+	if ef := m.byDB[name]; ef != nil {
+		return ef
+	}
+	for i := range m.fields {
+		if m.fields[i].f.Name == name {
+			return &m.fields[i]
+		}
+	}
+	return nil
+}
+
+// columnOf returns the unquoted name of the column col names (a string or
+// a clause.Column), if it is unqualified or qualified by table; else "".
+func columnOf(table string, col any) string {
 	var name, qual string
 	switch c := col.(type) {
 	case string:
@@ -99,20 +202,11 @@ func (m *modelMeta) lookup(table string, col any) *encField {
 			qual = ""
 		}
 	default:
-		return nil
+		return ""
 	}
 	qual = strings.Trim(qual, "`\"")
 	if qual != "" && qual != table {
-		return nil
+		return ""
 	}
-	name = strings.Trim(name, "`\"")
-	if ef := m.byDB[name]; ef != nil {
-		return ef
-	}
-	for i := range m.fields {
-		if m.fields[i].f.Name == name {
-			return &m.fields[i]
-		}
-	}
-	return nil
+	return strings.Trim(name, "`\"")
 }

@@ -12,7 +12,7 @@ import (
 )
 
 // SerializerName is the name to use in the tag gorm:"serializer:envelope".
-const SerializerName = "envelope"
+const SerializerName = profilemeta.SerializerName
 
 type valueKind uint8
 
@@ -54,8 +54,8 @@ var (
 	typeBytes     = reflect.TypeOf([]byte(nil))
 )
 
-func buildMeta(s *schema.Schema, profileType reflect.Type) *modelMeta {
-	m := &modelMeta{schema: s, name: s.Name, byDB: map[string]*encField{}, profile: s.ModelType == profileType}
+func buildMeta(s *schema.Schema, prof *profilemeta.Profile) *modelMeta {
+	m := &modelMeta{schema: s, name: s.Name, byDB: map[string]*encField{}, profile: prof != nil && s.ModelType == prof.Type}
 	for _, f := range s.Fields {
 		if profilemeta.TagValue(f) == "owner" {
 			if m.owner != nil {
@@ -98,13 +98,20 @@ func buildMeta(s *schema.Schema, profileType reflect.Type) *modelMeta {
 			m.ownerAt = ownerReader(m.owner.FieldType, off)
 		}
 	}
-	if len(m.fields) > 0 {
-		if m.owner != nil && !profilemeta.IsOwnerKind(m.owner.IndirectFieldType.Kind()) {
+	if len(m.fields) > 0 && m.owner != nil {
+		if !profilemeta.IsOwnerKind(m.owner.IndirectFieldType.Kind()) {
 			m.err = fmt.Errorf("envelope: model %s: owner field %s must be an integer or a string, not %s", s.Name, m.owner.Name, m.owner.FieldType)
+		} else if prof != nil && isStringOwner(m.owner) != isStringOwner(prof.Owner) {
+			// Owners are looked up in the profile table by value: a string
+			// never matches an integer column (or the reverse).
+			m.err = fmt.Errorf("%w: model %s: owner field %s is %s, profile owner %s.%s is %s: both owners must be integers, or both strings",
+				ErrNoOwner, s.Name, m.owner.Name, m.owner.FieldType, prof.Schema.Name, prof.Owner.Name, prof.Owner.FieldType)
 		}
 	}
 	return m
 }
+
+func isStringOwner(f *schema.Field) bool { return f.IndirectFieldType.Kind() == reflect.String }
 
 // ownerless returns the error for a model that has encrypted fields but
 // no owner field, or nil.
@@ -120,7 +127,7 @@ func (p *Plugin) metaOf(s *schema.Schema) *modelMeta {
 	if v, ok := p.metas.Load(s); ok {
 		return v.(*modelMeta)
 	}
-	m := buildMeta(s, p.prof.Type)
+	m := buildMeta(s, p.prof)
 	v, _ := p.metas.LoadOrStore(s, m)
 	if len(m.fields) > 0 {
 		p.tables.Store(s.Table, m)

@@ -86,6 +86,10 @@ type Plugin struct {
 
 	once    sync.Once
 	initErr error
+	// served is db.Callback() of the handle Initialize ran for: every
+	// session of one gorm.Open shares it (Session copies *gorm.Config, not
+	// the callbacks), and another gorm.Open has its own.
+	served any
 }
 
 // ownerKey is what the cache holds for one owner: the prepared cipher of
@@ -132,9 +136,17 @@ func (p *Plugin) CacheStats() cache.Stats { return p.cache.Stats() }
 func (p *Plugin) PlaintextReads() uint64 { return p.plaintextReads.Load() }
 
 // Initialize validates the configuration and registers the serializer and
-// the callbacks. GORM calls it from db.Use; it runs once.
+// the callbacks. GORM calls it from db.Use; it runs once. A Plugin serves
+// one *gorm.DB: Use on another handle is refused, since its callbacks
+// would never be registered there.
 func (p *Plugin) Initialize(db *gorm.DB) error {
-	p.once.Do(func() { p.initErr = p.initialize(db) })
+	p.once.Do(func() {
+		p.served = db.Callback()
+		p.initErr = p.initialize(db)
+	})
+	if p.initErr == nil && p.served != any(db.Callback()) {
+		return errors.New("envelope: this Plugin already serves another *gorm.DB; create one with envelope.New for each")
+	}
 	return p.initErr
 }
 
@@ -211,6 +223,7 @@ func (p *Plugin) register(db *gorm.DB) error {
 		{"envelope:guard_update", cb.Update().Before("gorm:update").Register("envelope:guard_update", p.guard)},
 		{"envelope:guard_delete", cb.Delete().Before("gorm:delete").Register("envelope:guard_delete", p.guard)},
 		{"envelope:profile_delete", cb.Delete().Before("gorm:delete").Register("envelope:profile_delete", p.profileWrite)},
+		{"envelope:profile_deleted", cb.Delete().After("gorm:commit_or_rollback_transaction").Register("envelope:profile_deleted", p.profileDeleted)},
 		{"envelope:after_query", cb.Query().After("gorm:query").Before("gorm:preload").Register("envelope:after_query", p.afterQuery)},
 	}
 	for _, r := range regs {

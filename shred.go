@@ -19,8 +19,12 @@ import (
 // The DEK is evicted from this process's cache at once; other processes
 // holding it in their caches go on using it for at most Config.CacheTTL.
 // Later writes for the owner fail with ErrShredded: to start the owner
-// afresh, delete the owner's profile row, and the next write creates a new
-// DEK. Shred logs one audit line naming the owner, nothing else.
+// afresh, delete the owner's profile row through GORM (with Unscoped for a
+// soft-delete Profile model, whose soft delete keeps the tombstone), and
+// the next write creates a new DEK. This process forgets the shredded
+// state at once, other processes within Config.CacheTTL. Values written
+// before the shred then fail with ErrDecrypt: they do not open under the
+// new DEK. Shred logs one audit line naming the owner, nothing else.
 //
 // db may be a transaction: the tombstone is then written in it, and undone
 // if it rolls back.

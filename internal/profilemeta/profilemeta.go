@@ -15,6 +15,9 @@ import (
 // Tag is the struct tag key that marks the owner and DEK fields.
 const Tag = "envelope"
 
+// SerializerName is the serializer of encrypted fields (envelope.SerializerName).
+const SerializerName = "envelope"
+
 // Profile describes a parsed Profile model.
 type Profile struct {
 	Schema *schema.Schema
@@ -32,7 +35,7 @@ func TagValue(f *schema.Field) string {
 
 // Parse validates model as a Profile model: one primary key, one unique
 // field tagged envelope:"owner" of an integer or string kind, one []byte
-// field tagged envelope:"dek".
+// field tagged envelope:"dek", and no encrypted field.
 func Parse(db *gorm.DB, model any) (*Profile, error) {
 	if model == nil {
 		return nil, errors.New("envelope: Config.Profile is nil: pass the app's profile model, e.g. &Profile{}")
@@ -78,6 +81,14 @@ func Parse(db *gorm.DB, model any) (*Profile, error) {
 	}
 	if len(s.PrimaryFields) != 1 {
 		return nil, fmt.Errorf("envelope: profile model %s: needs exactly one primary key field", name)
+	}
+	// Encrypting a profile field needs the owner's DEK, which is stored in
+	// the very row being written: such writes recursed (a string) or
+	// inserted the row twice (a *string set on Create).
+	for _, f := range s.Fields {
+		if strings.EqualFold(f.TagSettings["SERIALIZER"], SerializerName) {
+			return nil, fmt.Errorf("envelope: profile model %s: field %s is encrypted, but the profile holds the keys and cannot have encrypted fields (move them to another model)", name, f.Name)
+		}
 	}
 	p.ID = s.PrimaryFields[0]
 	return p, nil
