@@ -28,6 +28,13 @@ var (
 	// owner's encrypted data is unreadable for good.
 	ErrShredded = errors.New("envelope: owner's DEK was shredded")
 
+	// ErrConflict reports that concurrent first writes for an owner
+	// conflicted inside a transaction (a deadlock or serialization failure
+	// reported by the database while the plugin created or read a DEK, or a
+	// snapshot that cannot see another transaction's new DEK). The
+	// transaction has been aborted by the database or must be: retry it.
+	ErrConflict = errors.New("envelope: concurrent first writes for an owner conflicted; retry the transaction")
+
 	// ErrUnsafe reports an operation refused because it would send or store
 	// plaintext in an encrypted column, or could never work on encrypted
 	// values (such as comparing them in a WHERE clause).

@@ -1,6 +1,8 @@
 package envelope
 
 import (
+	"errors"
+	"fmt"
 	"log/slog"
 	"runtime"
 	"strings"
@@ -85,4 +87,23 @@ func inAssociationReplace() bool {
 			return false
 		}
 	}
+}
+
+// conflictErr wraps in ErrConflict an error a database reports for a
+// deadlock or a serialization failure: PostgreSQL's SQLSTATE 40001 and
+// 40P01 (also CockroachDB's and YugabyteDB's), MySQL's 1213 and SQLSTATE
+// 40001. The root package imports no driver, so the codes are read from
+// the drivers' error texts ("... (SQLSTATE 40P01)", "Error 1213 (40001):
+// ...").
+func conflictErr(err error) error {
+	if err == nil || errors.Is(err, ErrConflict) {
+		return err
+	}
+	s := err.Error()
+	for _, code := range []string{"SQLSTATE 40001", "SQLSTATE 40P01", "Error 1213 ", "(40001)"} {
+		if strings.Contains(s, code) {
+			return fmt.Errorf("%w: %w", ErrConflict, err)
+		}
+	}
+	return err
 }

@@ -5,6 +5,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"hash/fnv"
 	"reflect"
 	"slices"
 
@@ -18,6 +19,112 @@ import (
 const inChunk = 1000
 
 const pendingKey = "envelope:pending"
+
+// errNoDEK reports an owner whose profile holds no DEK, or who has no
+// profile: nothing can have been encrypted for the owner.
+var errNoDEK = fmt.Errorf("%w: owner has no DEK", ErrDecrypt)
+
+// createTries bounds how often the plugin's own DEK creation is tried when
+// it runs in a transaction of its own and the database reports a
+// serialization failure.
+const createTries = 3
+
+// createAndLoad creates DEKs for owners that have none and reads back what
+// is stored for them. Creators are serialized by a lock that lasts until
+// the end of the transaction (see lockCreation), so first writes for
+// overlapping owners from many transactions, each creating DEKs over
+// several statements in its own order, cannot deadlock. Outside a
+// transaction the creation runs in a short one of its own, retried on a
+// serialization failure; inside one, such a failure is returned as
+// ErrConflict: the caller's transaction must be retried.
+func (p *Plugin) createAndLoad(tx *gorm.DB, owners []any, found map[any][]byte, mode txMode) (map[any][]byte, error) {
+	sortOwners(owners)
+	step := func(tx *gorm.DB) (map[any][]byte, error) {
+		if err := p.lockCreation(tx); err != nil {
+			return nil, err
+		}
+		if err := p.createDEKs(tx, owners, found); err != nil {
+			return nil, err
+		}
+		// MySQL's default REPEATABLE READ would show this transaction's
+		// snapshot, without the DEK a concurrent writer just committed: a
+		// locking read sees the latest committed row.
+		return p.loadDEKs(tx, owners, tx.Dialector.Name() == "mysql")
+	}
+	if mode != txNone || tx.Dialector.Name() == "sqlite" {
+		again, err := step(tx)
+		return again, conflictErr(err)
+	}
+	var again map[any][]byte
+	var err error
+	for range createTries {
+		err = tx.Transaction(func(tx *gorm.DB) error {
+			var err error
+			again, err = step(tx)
+			return err
+		})
+		if err = conflictErr(err); !errors.Is(err, ErrConflict) {
+			break
+		}
+	}
+	return again, err
+}
+
+// lockCreation takes the lock that serializes DEK creators until the end
+// of tx's transaction: on PostgreSQL a transaction-level advisory lock, on
+// MySQL the row of the plugin's lock table (see ensureLockTable). SQLite
+// has one writer at a time already (lockSQLite).
+func (p *Plugin) lockCreation(tx *gorm.DB) error {
+	switch tx.Dialector.Name() {
+	case "postgres":
+		if err := tx.Exec("SELECT pg_advisory_xact_lock(?)", p.lockID()).Error; err != nil {
+			return p.queryErr(err)
+		}
+	case "mysql":
+		if !p.lockTable.Load() {
+			return nil
+		}
+		var name string
+		if err := tx.Raw("SELECT name FROM "+lockTable+" WHERE name = ? FOR UPDATE", p.lockName()).Scan(&name).Error; err != nil {
+			return p.queryErr(err)
+		}
+	}
+	return nil
+}
+
+// lockTable is the table whose rows serialize the plugin's DEK creators on
+// MySQL, which has no transaction-level advisory lock.
+const lockTable = "envelope_locks"
+
+// lockName names the lock of this plugin's profile table.
+func (p *Plugin) lockName() string { return "dek:" + p.prof.Table }
+
+// lockID is lockName as a PostgreSQL advisory lock key.
+func (p *Plugin) lockID() int64 {
+	h := fnv.New64a()
+	h.Write([]byte("envelope:" + p.lockName()))
+	return int64(h.Sum64())
+}
+
+// ensureLockTable creates MySQL's lock table and this plugin's row in it,
+// if they do not exist. Without them (no privilege to create a table) DEK
+// creation still works, and first writes for overlapping owners in long
+// transactions may deadlock: they are reported as ErrConflict.
+func (p *Plugin) ensureLockTable(db *gorm.DB) {
+	if db.Dialector.Name() != "mysql" {
+		return
+	}
+	tx := db.Session(&gorm.Session{NewDB: true, Context: context.Background()})
+	err := tx.Exec("CREATE TABLE IF NOT EXISTS " + lockTable + " (name VARCHAR(191) NOT NULL PRIMARY KEY)").Error
+	if err == nil {
+		err = tx.Exec("INSERT IGNORE INTO "+lockTable+" (name) VALUES (?)", p.lockName()).Error
+	}
+	if err != nil {
+		p.log.Warn("envelope: cannot create the lock table; concurrent first writes may report ErrConflict", "table", lockTable, "err", err.Error())
+		return
+	}
+	p.lockTable.Store(true)
+}
 
 type txMode uint8
 
@@ -116,33 +223,48 @@ func (p *Plugin) resolve(db *gorm.DB, owners []any, create bool) (map[any]*owner
 				toCreate = append(toCreate, o)
 			} else {
 				// No DEK: nothing can have been encrypted for this owner.
-				errs = setErr(errs, o, fmt.Errorf("%w: owner has no DEK", ErrDecrypt))
+				errs = setErr(errs, o, errNoDEK)
 			}
 			continue
 		}
 		openInto(o, enc)
 	}
 	if len(toCreate) > 0 {
-		// One order for every writer, so concurrent inserts of several
-		// owners' rows cannot deadlock.
-		sortOwners(toCreate)
-		if err := p.createDEKs(tx, toCreate, found); err != nil {
-			return nil, nil, err
-		}
-		// MySQL's default REPEATABLE READ would show this transaction's
-		// snapshot, without the DEK a concurrent writer just committed: a
-		// locking read sees the latest committed row.
-		again, err := p.loadDEKs(tx, toCreate, tx.Dialector.Name() == "mysql")
+		again, err := p.createAndLoad(tx, toCreate, found, mode)
 		if err != nil {
 			return nil, nil, err
 		}
 		for _, o := range toCreate {
 			enc := again[o]
 			if len(enc) == 0 {
-				errs = setErr(errs, o, errors.New("envelope: the owner's new DEK is not visible to this transaction (isolation above READ COMMITTED?)"))
+				errs = setErr(errs, o, fmt.Errorf("%w: the owner's new DEK is not visible to this transaction (a snapshot older than another transaction's first write for the owner)", ErrConflict))
 				continue
 			}
 			openInto(o, enc)
+		}
+	}
+	if !create && len(errs) > 0 && tx.Dialector.Name() == "mysql" && mode != txNone {
+		// MySQL's REPEATABLE READ snapshot may predate another instance's
+		// first write for an owner: a locking read sees the latest
+		// committed row. Only for owners the snapshot showed no DEK.
+		var late []any
+		for o, err := range errs {
+			if errors.Is(err, errNoDEK) {
+				late = append(late, o)
+			}
+		}
+		if len(late) > 0 {
+			sortOwners(late)
+			latest, err := p.loadDEKs(tx, late, true)
+			if err != nil {
+				return nil, nil, err
+			}
+			for _, o := range late {
+				if enc := latest[o]; len(enc) > 0 {
+					delete(errs, o)
+					openInto(o, enc)
+				}
+			}
 		}
 	}
 	switch mode {

@@ -81,6 +81,7 @@ type Plugin struct {
 	txKeys  *txKeys                         // DEKs loaded in transactions the plugin did not start
 	opening singleflight.Group              // concurrent opens of one stored DEK
 
+	lockTable      atomic.Bool // MySQL's lock table is there (ensureLockTable)
 	plaintextReads atomic.Uint64
 	pipelined      atomic.Uint64 // values decrypted while the result was scanned
 
@@ -163,6 +164,7 @@ func (p *Plugin) initialize(db *gorm.DB) error {
 	} else if err := p.checkKeys(db); err != nil {
 		return err
 	}
+	p.ensureLockTable(db)
 	return p.register(db)
 }
 

@@ -51,6 +51,10 @@ func Shred(db *gorm.DB, owner any) error {
 	}
 	var old [][]byte
 	err = tx.Transaction(func(tx *gorm.DB) error {
+		// Shred writes profile rows like a DEK creator: in the same order.
+		if err := p.lockCreation(tx); err != nil {
+			return err
+		}
 		if err := tx.Table(p.prof.Table).
 			Where(clause.Eq{Column: clause.Column{Name: p.prof.Owner.DBName}, Value: o}).
 			Pluck(p.prof.DEK.DBName, &old).Error; err != nil {
