@@ -390,18 +390,10 @@ func mapPlain(v any) (plain string, isNil bool, hint reflect.Value, err error) {
 	}
 	// FirstOrCreate(...).Assign(struct) hands over GORM's own serializer
 	// wrapper: read the plaintext from the struct it points into.
-	rv := reflect.ValueOf(v)
-	if rv.Kind() == reflect.Pointer && !rv.IsNil() {
-		e := rv.Elem()
-		if e.Kind() == reflect.Struct && e.Type().Name() == "serializer" && e.Type().PkgPath() == "gorm.io/gorm/schema" {
-			dest, _ := e.FieldByName("Destination").Interface().(reflect.Value)
-			f, _ := e.FieldByName("Field").Interface().(*schema.Field)
-			if f != nil && dest.IsValid() {
-				if fv, ok := fieldValue(f, dest); ok {
-					if p, isNil, ok := plainOf(fv.Interface()); ok {
-						return p, isNil, reflect.Indirect(dest), nil
-					}
-				}
+	if dest, f, ok := gormSerializer(v); ok {
+		if fv, ok := fieldValue(f, dest); ok {
+			if p, isNil, ok := plainOf(fv.Interface()); ok {
+				return p, isNil, reflect.Indirect(dest), nil
 			}
 		}
 	}

@@ -4,11 +4,13 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"reflect"
 	"runtime"
 	"strings"
 	"sync"
 
 	"gorm.io/gorm"
+	"gorm.io/gorm/schema"
 )
 
 // What the plugin relies on that GORM, database/sql or a driver does not
@@ -106,4 +108,21 @@ func conflictErr(err error) error {
 		}
 	}
 	return err
+}
+
+// gormSerializer returns the struct and field of GORM's serializer wrapper
+// (*schema.serializer, unexported), which FirstOrCreate(...).Assign(struct)
+// passes as an assignment's value.
+func gormSerializer(v any) (dest reflect.Value, f *schema.Field, ok bool) {
+	rv := reflect.ValueOf(v)
+	if rv.Kind() != reflect.Pointer || rv.IsNil() {
+		return reflect.Value{}, nil, false
+	}
+	e := rv.Elem()
+	if e.Kind() != reflect.Struct || e.Type().Name() != "serializer" || e.Type().PkgPath() != "gorm.io/gorm/schema" {
+		return reflect.Value{}, nil, false
+	}
+	dest, _ = e.FieldByName("Destination").Interface().(reflect.Value)
+	f, _ = e.FieldByName("Field").Interface().(*schema.Field)
+	return dest, f, f != nil && dest.IsValid()
 }
