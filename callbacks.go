@@ -639,10 +639,10 @@ func (p *Plugin) beforeCreate(db *gorm.DB) {
 	if len(m.fields) == 0 {
 		return
 	}
+	// Each inserted row's owner is the one it is inserted with: the
+	// statement's model (db.Model(&T{UserID: 5}).Create(...)) is not
+	// written, so it names no row's owner.
 	c := &collector{p: p, db: db, m: m, written: createWritten(db.Statement)}
-	if db.Statement.Model != nil {
-		c.defOwner, c.ambig = p.modelOwner(db, m, reflect.ValueOf(db.Statement.Model))
-	}
 	if !c.addMaps(db.Statement.Dest) {
 		c.walk(db.Statement.ReflectValue)
 	}
