@@ -38,6 +38,7 @@ type writeState struct {
 	byAddr   map[uintptr]int   // built on first use: field address -> item
 	byValue  map[tokKey]string // built on first use, for any other value
 
+	pinned   any                       // the owner the update was pinned to (checkPinned)
 	self     []selfRow                 // self-owned rows sealed after the insert
 	deferred map[uintptr]*schema.Field // their values' addresses
 	selfTx   *selfTx
@@ -190,6 +191,7 @@ type collector struct {
 	defOwner any
 	ambig    bool                     // the statement's model holds several owners
 	written  func(*schema.Field) bool // whether a field's column is written; nil: all
+	pinned   any                      // the owner the update is pinned to, if any
 	items    []item
 	self     []selfRow // self-owned rows whose id the insert assigns
 	edits    []edit
@@ -567,6 +569,7 @@ func (c *collector) install(st *writeState) {
 		}
 	}
 	r.edits = c.edits
+	st.pinned = c.pinned
 	r.st = st
 	db.InstanceSet(restoreKey, r)
 }
@@ -729,6 +732,9 @@ func (p *Plugin) afterWrite(db *gorm.DB) {
 				// The driver's error may describe the refused value's
 				// argument: report the plugin's own instead.
 				db.Error = st.refusal
+			}
+			if st.pinned != nil && db.Error == nil && db.RowsAffected == 0 && len(st.items) > 0 {
+				p.checkPinned(db, st)
 			}
 			p.endSelf(db, st)
 		}

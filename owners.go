@@ -208,6 +208,32 @@ func (c *collector) pin(owner any) {
 	stmt.AddClause(clause.Where{Exprs: []clause.Expression{
 		clause.Eq{Column: clause.Column{Table: clause.CurrentTable, Name: c.m.owner.DBName}, Value: owner},
 	}})
+	c.pinned = owner
+}
+
+// checkPinned runs after a pinned update that changed no row: if the
+// model's row exists under another owner (a stale or changed model), the
+// update was not a no-op the caller meant, so it is reported. (Its
+// encrypted values always change a row it matches: a new token each time.)
+func (p *Plugin) checkPinned(db *gorm.DB, st *writeState) {
+	stmt := db.Statement
+	rv := reflect.Indirect(stmt.ReflectValue)
+	if rv.Kind() != reflect.Struct || rv.Type() != st.m.schema.ModelType || len(stmt.Schema.PrimaryFields) != 1 {
+		return
+	}
+	pf := stmt.Schema.PrimaryFields[0]
+	id, zero := pf.ValueOf(stmt.Context, rv)
+	if zero {
+		return
+	}
+	var owners []any
+	err := db.Session(&gorm.Session{NewDB: true}).Table(stmt.Table).
+		Where(clause.Eq{Column: clause.Column{Name: pf.DBName}, Value: id}).
+		Pluck(st.m.owner.DBName, &owners).Error
+	if err != nil || len(owners) == 0 {
+		return
+	}
+	db.AddError(&FieldError{Model: st.m.name, Field: st.m.owner.Name, Owner: st.pinned, Err: fmt.Errorf("%w: the row is stored under another owner than the model's: reload it (the update was not made)", ErrUnsafe)})
 }
 
 // hasPrimaryKey reports whether the statement's model value has a non-zero
