@@ -3,7 +3,8 @@
 // A master key (the DEK encryption key) encrypts one data-encryption key
 // (DEK) per owner, stored in that owner's Profile row. Fields tagged
 // gorm:"serializer:envelope" are encrypted with their owner's DEK on every
-// GORM write path and decrypted on every read:
+// GORM write path and decrypted by the queries that fill the model's
+// structs:
 //
 //	type Profile struct {
 //		ID           uint
@@ -21,6 +22,26 @@
 //	keys, err := dek.KeyringFromEnv() // DEK_ENCRYPTION_KEY (+ DEK_ENCRYPTION_KEY_PREVIOUS)
 //	err = db.Use(envelope.New(envelope.Config{Keys: keys, Profile: &Profile{}}))
 //
+// A model's owner field is an integer if the Profile's is, a string if the
+// Profile's is; the Profile model has no encrypted fields. A model may be
+// owned by its own auto-increment primary key (a users table encrypting
+// the user's own fields): its encrypted columns are sealed by an UPDATE
+// right after the INSERT, in the same transaction. One [Plugin] serves one
+// *gorm.DB and its sessions; a *gorm.DB without the plugin refuses
+// encrypted writes.
+//
+// # Owner integrity
+//
+// After any statement the plugin lets through, every encrypted value of
+// every row the statement touched opens under the DEK of the row's owner
+// as stored after the statement. A partial update that moves or clears the
+// owner without rewriting every encrypted column (as GORM's association
+// Clear, Delete and Replace do to an owner foreign key) and an upsert whose
+// conflict target does not determine the owner are refused with
+// [ErrUnsafe] before the statement is sent. A partial update is pinned to
+// the owner of the model it is given; Save of the full row may move the row
+// to another owner. See docs/security-model.md.
+//
 // # Key management
 //
 // The master key never encrypts user data, only DEKs: rotating it (package
@@ -28,33 +49,50 @@
 // table and nothing else. A DEK is created the first time an owner's data
 // is written, exactly once even under concurrent writers, and cached in
 // memory, bounded in count ([Config.CacheSize]) and lifetime
-// ([Config.CacheTTL]). A DEK created inside a transaction is cached only
-// once that transaction has committed; within a transaction the statement
-// did not start, DEKs it loaded serve its later statements until it
-// writes a profile. [Shred] destroys one owner's DEK,
-// and with it that owner's data.
+// ([Config.CacheTTL]). The DEK is created inside the statement's
+// transaction, and DEK creators are serialized by a lock held until their
+// transaction ends (a transaction-level advisory lock on PostgreSQL, a row
+// of the table envelope_locks on MySQL, which db.Use creates if it may), so
+// overlapping first writes do not deadlock; see docs/deployment.md. A DEK
+// created inside a transaction is cached only once that transaction has
+// committed; within a transaction the statement did not start, DEKs it
+// loaded serve its later statements until it writes a profile. [Shred]
+// destroys one owner's DEK, and with it that owner's data; deleting the
+// owner's profile row through GORM afterwards (Unscoped, for a soft-delete
+// Profile model) lets the next write create a new DEK.
 //
 // # Formats
 //
 // Master keys and DEKs are Fernet keys (44 characters of URL-safe base64).
 // The encrypted_dek column holds the Fernet token of the DEK's text under
 // the master key; an encrypted field holds the Fernet token of its UTF-8
-// value (or bytes) under the owner's DEK. This is the layout of TOM
-// Toolkit's envelope encryption, so a Go service and the Python app can
-// share one database.
+// value (or bytes) under the owner's DEK. This is the token format and
+// per-user Profile layout of TOM Toolkit's envelope design (TOM Toolkit PR
+// #1489, merged into its 3.0 alpha branch), so a Go service and a Python
+// app using that design can share one database. TOM 3.0 alpha later
+// replaced it with one Fernet key derived from Django's SECRET_KEY, which
+// is not per user and not what this package reads.
 //
 // # Errors
 //
 // Statements fail with errors that errors.Is matches against [ErrNoKey],
-// [ErrNoOwner], [ErrDecrypt], [ErrShredded] and [ErrUnsafe]; a value that
-// cannot be read is left at its zero value, never as ciphertext, and
-// [FieldError] names its model, field and owner. No error or log line holds
-// a key, a DEK or plaintext.
+// [ErrNoOwner], [ErrDecrypt], [ErrShredded], [ErrUnsafe] and
+// [ErrConflict]; a value that cannot be read is left at its zero value,
+// never as ciphertext, and [FieldError] names its model, field and owner.
+// With no master key, every write of an encrypted value and every read of
+// a non-NULL one fails with ErrNoKey. ErrConflict reports a deadlock or
+// serialization failure while the plugin created a DEK inside a
+// transaction, or a snapshot older than another transaction's new DEK:
+// retry the statement or its transaction. No error or log line holds a
+// key, a DEK or plaintext.
 //
 // # What is not covered
 //
 // Paths on which GORM runs no query callbacks (Pluck, Row().Scan, Rows,
-// Raw().Scan, ScanRows, Find into maps) return the stored tokens, never
-// plaintext; such a token saved again is stored unchanged. Raw SQL is the
-// caller's responsibility. See docs/security-model.md.
+// Scan, ScanRows, Find into maps), and Find into a struct type whose
+// fields are not tagged serializer:envelope, return the stored tokens,
+// never plaintext; such a token saved again is stored unchanged. Encrypted
+// columns cannot be compared or ordered by: struct and map conditions and
+// ORDER BY on them are refused. Raw SQL is the caller's responsibility.
+// See docs/security-model.md.
 package envelope
