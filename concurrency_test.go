@@ -12,8 +12,11 @@ import (
 	"testing"
 
 	"github.com/gorm-envelope/envelope"
+	mysqldrv "github.com/go-sql-driver/mysql"
 	"github.com/gorm-envelope/envelope/internal/testdb"
+	"gorm.io/driver/mysql"
 	"gorm.io/gorm"
+	"gorm.io/gorm/logger"
 )
 
 // Item 7: first writes for the same new owners from many goroutines on two
@@ -140,4 +143,39 @@ func TestSnapshotOlderThanFirstWrite(t *testing.T) {
 			t.Fatalf("after commit: %+v", all)
 		}
 	})
+}
+
+// On MySQL an app user that may not create tables still gets the lock
+// once an operator has created envelope_locks: db.Use finds its row and
+// logs no warning.
+func TestLockTablePrecreated(t *testing.T) {
+	db := testdb.Open(t, testdb.MySQL)
+	keys := newKeys(t)
+	setup(t, db, keys) // creates envelope_locks and its row, as an operator would
+	cfg, err := mysqldrv.ParseDSN(testdb.DSN(t, db))
+	if err != nil {
+		t.Fatal(err)
+	}
+	user := fmt.Sprintf("envapp%d", rand.Uint32())
+	must(t, db.Exec("CREATE USER '"+user+"'@'%' IDENTIFIED BY 'pw'").Error)
+	t.Cleanup(func() { db.Exec("DROP USER '" + user + "'@'%'") })
+	must(t, db.Exec("GRANT SELECT, INSERT, UPDATE, DELETE ON `"+cfg.DBName+"`.* TO '"+user+"'@'%'").Error)
+	cfg.User, cfg.Passwd = user, "pw"
+	app, err := gorm.Open(mysql.Open(cfg.FormatDSN()), &gorm.Config{Logger: logger.Discard})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		if s, err := app.DB(); err == nil {
+			s.Close()
+		}
+	})
+	logs := &slogCapture{}
+	must(t, app.Use(envelope.New(envelope.Config{Keys: keys, Profile: &Profile{}, Logger: slogLogger(logs)})))
+	for _, l := range logs.Lines() {
+		if strings.Contains(l, "lock table") {
+			t.Fatalf("warning with the table in place: %s", l)
+		}
+	}
+	must(t, app.Create(&Credential{UserID: 1, Password: "p"}).Error)
 }

@@ -402,3 +402,44 @@ func TestCreateRowWithoutOwnerInSlice(t *testing.T) {
 		}
 	})
 }
+
+// An upsert on the primary key of rows that set their ids is carried out
+// when every row it would update already has the inserted row's owner
+// (Save of a parent with its loaded children: GORM upserts them, setting
+// their foreign key), and refused when one has another owner.
+func TestUpsertOnIDKeepsOwner(t *testing.T) {
+	testdb.ForEach(t, func(t *testing.T, db *gorm.DB) {
+		setup(t, db, newKeys(t))
+		must(t, db.AutoMigrate(&UserWithCreds{}))
+		u := &UserWithCreds{Name: "u", Credentials: []Credential{{Password: "a"}, {Password: "b"}}}
+		must(t, db.Create(u).Error)
+		var loaded UserWithCreds
+		must(t, db.Preload("Credentials").First(&loaded, u.ID).Error)
+		loaded.Name = "renamed"
+		loaded.Credentials[0].Facility = "kept"
+		must(t, db.Save(&loaded).Error)
+		var got []Credential
+		must(t, db.Where("user_id = ?", u.ID).Order("id").Find(&got).Error)
+		if len(got) != 2 || got[0].Password != "a" || got[1].Password != "b" {
+			t.Fatalf("after Save: %+v", got)
+		}
+		// The same upsert of a row that belongs to another owner is refused.
+		other := &Credential{UserID: 99, Password: "other"}
+		must(t, db.Create(other).Error)
+		loaded.Credentials = append(loaded.Credentials, Credential{ID: other.ID, UserID: 99, Password: "other"})
+		wantUnsafe(t, "Save moving another owner's row", db.Save(&loaded).Error)
+		wantUnsafe(t, "upsert on id", db.Clauses(clause.OnConflict{Columns: []clause.Column{{Name: "id"}}, DoUpdates: clause.AssignmentColumns([]string{"user_id", "password"})}).
+			Create(&Credential{ID: other.ID, UserID: 98, Password: "moved"}).Error)
+		must(t, db.First(other, other.ID).Error)
+		if other.UserID != 99 || other.Password != "other" {
+			t.Fatalf("other owner's row: %+v", other)
+		}
+		// An upsert of the owner's own row on its id goes through.
+		must(t, db.Clauses(clause.OnConflict{Columns: []clause.Column{{Name: "id"}}, DoUpdates: clause.AssignmentColumns([]string{"password"})}).
+			Create(&Credential{ID: other.ID, UserID: 99, Password: "updated"}).Error)
+		must(t, db.First(other, other.ID).Error)
+		if other.Password != "updated" {
+			t.Fatalf("own row: %+v", other)
+		}
+	})
+}

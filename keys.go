@@ -115,9 +115,19 @@ func (p *Plugin) ensureLockTable(db *gorm.DB) {
 		return
 	}
 	tx := db.Session(&gorm.Session{NewDB: true, Context: context.Background()})
-	err := tx.Exec("CREATE TABLE IF NOT EXISTS " + lockTable + " (name VARCHAR(191) NOT NULL PRIMARY KEY)").Error
-	if err == nil {
-		err = tx.Exec("INSERT IGNORE INTO "+lockTable+" (name) VALUES (?)", p.lockName()).Error
+	// The row first: an operator may have created the table and the row
+	// for an app user that may not create tables.
+	var names []string
+	if tx.Raw("SELECT name FROM "+lockTable+" WHERE name = ?", p.lockName()).Scan(&names).Error == nil && len(names) == 1 {
+		p.lockTable.Store(true)
+		return
+	}
+	err := tx.Exec("INSERT IGNORE INTO "+lockTable+" (name) VALUES (?)", p.lockName()).Error
+	if err != nil {
+		err = tx.Exec("CREATE TABLE IF NOT EXISTS " + lockTable + " (name VARCHAR(191) NOT NULL PRIMARY KEY)").Error
+		if err == nil {
+			err = tx.Exec("INSERT IGNORE INTO "+lockTable+" (name) VALUES (?)", p.lockName()).Error
+		}
 	}
 	if err != nil {
 		p.log.Warn("envelope: cannot create the lock table; concurrent first writes may report ErrConflict", "table", lockTable, "err", err.Error())

@@ -348,6 +348,12 @@ func (c *collector) checkUpsert() bool {
 		// sealed for it in every encrypted column.
 		return true
 	}
+	if ok, err := c.conflictsKeepOwner(oc); err != nil {
+		c.fail(err)
+		return false
+	} else if ok {
+		return true
+	}
 	target := make([]string, 0, len(oc.Columns))
 	for _, col := range oc.Columns {
 		target = append(target, col.Name)
@@ -439,4 +445,114 @@ func pkLeftToDB(stmt *gorm.Statement) bool {
 		return true
 	}
 	return false
+}
+
+// conflictsKeepOwner handles an upsert on the primary key whose rows set
+// their ids (GORM's upsert of loaded associations, Save of rows): it
+// looks up, and locks, the rows the insert can conflict with, and reports
+// whether each has the owner of the row that would update it. Then the
+// DO UPDATE keeps every row's owner. Other targets are not looked up.
+func (c *collector) conflictsKeepOwner(oc clause.OnConflict) (bool, error) {
+	stmt := c.db.Statement
+	s := stmt.Schema
+	if len(s.PrimaryFields) != 1 || c.m.selfOwned || oc.OnConstraint != "" {
+		return false, nil
+	}
+	pf := s.PrimaryFields[0]
+	if c.db.Dialector.Name() == "mysql" {
+		// Any other unique key must determine the owner on its own.
+		if !c.targetDeterminesOwnerWithout(pf) {
+			return false, nil
+		}
+	} else if len(oc.Columns) != 1 || oc.Columns[0].Name != pf.DBName {
+		return false, nil
+	}
+	want := map[any]any{} // id -> the inserted row's owner
+	var ids []any
+	var rowsErr bool
+	visit := func(v reflect.Value) {
+		v = reflect.Indirect(v)
+		if v.Kind() != reflect.Struct {
+			rowsErr = true
+			return
+		}
+		id, zero := pf.ValueOf(stmt.Context, v)
+		if zero {
+			return // left to the database: cannot conflict
+		}
+		k := fmt.Sprint(id)
+		if _, dup := want[k]; !dup {
+			ids = append(ids, id)
+		}
+		want[k] = c.m.ownerOf(v)
+	}
+	rv := reflect.Indirect(stmt.ReflectValue)
+	switch rv.Kind() {
+	case reflect.Slice, reflect.Array:
+		for i := 0; i < rv.Len(); i++ {
+			visit(rv.Index(i))
+		}
+	default:
+		visit(rv)
+	}
+	if rowsErr {
+		return false, nil
+	}
+	if len(ids) == 0 {
+		return true, nil
+	}
+	tx := c.db.Session(&gorm.Session{NewDB: true})
+	q := tx.Table(stmt.Table).
+		Clauses(clause.Select{Columns: []clause.Column{{Name: pf.DBName}, {Name: c.m.owner.DBName}}}).
+		Where(clause.IN{Column: clause.Column{Name: pf.DBName}, Values: ids})
+	if c.db.Dialector.Name() == "sqlite" {
+		if err := lockSQLite(tx, stmt.Table, pf.DBName); err != nil {
+			return false, err
+		}
+	} else {
+		q = q.Clauses(clause.Locking{Strength: clause.LockingStrengthUpdate})
+	}
+	rows, err := q.Rows()
+	if err != nil {
+		return false, conflictErr(fmt.Errorf("envelope: look up the rows an upsert updates: %w", err))
+	}
+	defer rows.Close()
+	for rows.Next() {
+		var id, owner any
+		if err := rows.Scan(&id, &owner); err != nil {
+			return false, err
+		}
+		if b, ok := id.([]byte); ok {
+			id = string(b)
+		}
+		if want[fmt.Sprint(id)] != ownerScan(c.m, owner) {
+			return false, nil
+		}
+	}
+	return true, rows.Err()
+}
+
+// targetDeterminesOwnerWithout reports whether, on MySQL, every unique key
+// the model declares other than the primary key pf contains the owner.
+func (c *collector) targetDeterminesOwnerWithout(pf *schema.Field) bool {
+	s := c.db.Statement.Schema
+	owner := c.m.owner.DBName
+	for _, f := range s.Fields {
+		if f.Unique && !f.PrimaryKey && f.DBName != owner {
+			return false
+		}
+	}
+	for _, idx := range s.ParseIndexes() {
+		if idx.Class != "UNIQUE" && idx.Option != "UNIQUE" {
+			continue
+		}
+		has := false
+		for _, f := range idx.Fields {
+			has = has || f.DBName == owner
+		}
+		if !has {
+			return false
+		}
+	}
+	return true
 }
