@@ -11,8 +11,8 @@ import (
 	"sync"
 	"testing"
 
-	"github.com/gorm-envelope/envelope"
 	mysqldrv "github.com/go-sql-driver/mysql"
+	"github.com/gorm-envelope/envelope"
 	"github.com/gorm-envelope/envelope/internal/testdb"
 	"gorm.io/driver/mysql"
 	"gorm.io/gorm"
