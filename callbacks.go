@@ -410,12 +410,17 @@ func (c *collector) onConflict() {
 		return
 	}
 	oc, ok := cl.Expression.(clause.OnConflict)
-	if !ok || oc.DoNothing || (len(oc.DoUpdates) == 0 && !oc.UpdateAll) {
+	if !ok {
 		return
 	}
 	m := c.m
-	if len(c.self) > 0 {
+	if len(c.self) > 0 && !c.cannotConflict(oc) {
+		// A row the insert skips or turns into an update gets no id of
+		// its own, or (MySQL) a wrong one: its values cannot be sealed.
 		c.fail(&FieldError{Model: m.name, Err: fmt.Errorf("%w: an upsert of a self-owned row needs its id (the owner) set by the app", ErrUnsafe)})
+		return
+	}
+	if oc.DoNothing || (len(oc.DoUpdates) == 0 && !oc.UpdateAll) {
 		return
 	}
 	if !c.checkUpsert() {
@@ -493,7 +498,7 @@ func (c *collector) finish() {
 		return
 	}
 	if len(c.items) == 0 {
-		if len(c.self) > 0 {
+		if len(c.self) > 0 || c.pinned != nil {
 			c.install(&writeState{p: c.p, db: db, m: c.m, defOwner: c.defOwner})
 		}
 		return
@@ -733,9 +738,7 @@ func (p *Plugin) afterWrite(db *gorm.DB) {
 				// argument: report the plugin's own instead.
 				db.Error = st.refusal
 			}
-			if st.pinned != nil && db.Error == nil && db.RowsAffected == 0 && len(st.items) > 0 {
-				p.checkPinned(db, st)
-			}
+
 			p.endSelf(db, st)
 		}
 	}

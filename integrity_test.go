@@ -443,3 +443,28 @@ func TestUpsertOnIDKeepsOwner(t *testing.T) {
 		}
 	})
 }
+
+// Found by the differential test: a stale model's pinned update that only
+// clears an encrypted field (no token to write) was a silent no-op, and a
+// refused stale update left the DEK it created for the model's owner.
+func TestStalePinnedUpdateLeavesNothing(t *testing.T) {
+	testdb.ForEach(t, func(t *testing.T, db *gorm.DB) {
+		setup(t, db, newKeys(t))
+		c := &Credential{UserID: 1, Password: "p1", APIKey: ptr("k")}
+		must(t, db.Create(c).Error)
+		wantUnsafe(t, "clear through a stale model", db.Model(&Credential{ID: c.ID, UserID: 2}).Update("api_key", nil).Error)
+		wantUnsafe(t, "map through a stale model", db.Model(&Credential{ID: c.ID, UserID: 3}).Updates(map[string]any{"password": "x"}).Error)
+		var got Credential
+		must(t, db.First(&got, c.ID).Error)
+		if got.APIKey == nil || *got.APIKey != "k" || got.Password != "p1" {
+			t.Fatalf("row changed: %+v", got)
+		}
+		var n int64
+		must(t, db.Model(&Profile{}).Where("user_id IN ?", []uint{2, 3}).Count(&n).Error)
+		if n != 0 {
+			t.Fatalf("%d profiles created by refused updates", n)
+		}
+		// The model's own owner, clearing a field, is fine.
+		must(t, db.Model(&Credential{ID: c.ID, UserID: 1}).Update("api_key", nil).Error)
+	})
+}

@@ -211,11 +211,16 @@ func (c *collector) pin(owner any) {
 	c.pinned = owner
 }
 
-// checkPinned runs after a pinned update that changed no row: if the
-// model's row exists under another owner (a stale or changed model), the
-// update was not a no-op the caller meant, so it is reported. (Its
-// encrypted values always change a row it matches: a new token each time.)
-func (p *Plugin) checkPinned(db *gorm.DB, st *writeState) {
+// checkPinned runs right after a pinned update, before GORM commits its
+// transaction: if the update changed no row and the model's row exists
+// under another owner (a stale or changed model), the update was not the
+// no-op the caller meant, so it is refused (and GORM's transaction, with
+// any DEK the statement created, rolled back).
+func (p *Plugin) checkPinned(db *gorm.DB) {
+	st, _ := db.Statement.Context.Value(stateKey{}).(*writeState)
+	if st == nil || st.db.Statement != db.Statement || st.pinned == nil || db.Error != nil || db.RowsAffected != 0 {
+		return
+	}
 	stmt := db.Statement
 	rv := reflect.Indirect(stmt.ReflectValue)
 	if rv.Kind() != reflect.Struct || rv.Type() != st.m.schema.ModelType || len(stmt.Schema.PrimaryFields) != 1 {
@@ -230,7 +235,7 @@ func (p *Plugin) checkPinned(db *gorm.DB, st *writeState) {
 	err := db.Session(&gorm.Session{NewDB: true}).Table(stmt.Table).
 		Where(clause.Eq{Column: clause.Column{Name: pf.DBName}, Value: id}).
 		Pluck(st.m.owner.DBName, &owners).Error
-	if err != nil || len(owners) == 0 {
+	if err != nil || len(owners) == 0 || ownerScan(st.m, owners[0]) == st.pinned {
 		return
 	}
 	db.AddError(&FieldError{Model: st.m.name, Field: st.m.owner.Name, Owner: st.pinned, Err: fmt.Errorf("%w: the row is stored under another owner than the model's: reload it (the update was not made)", ErrUnsafe)})
@@ -555,4 +560,33 @@ func (c *collector) targetDeterminesOwnerWithout(pf *schema.Field) bool {
 		}
 	}
 	return true
+}
+
+// cannotConflict reports whether no row the statement inserts can meet a
+// conflict: its target is a primary key every row leaves to the database,
+// and (MySQL, which checks every unique key) the model declares no other
+// unique key.
+func (c *collector) cannotConflict(oc clause.OnConflict) bool {
+	stmt := c.db.Statement
+	if !pkLeftToDB(stmt) || oc.OnConstraint != "" {
+		return false
+	}
+	if c.db.Dialector.Name() == "mysql" {
+		for _, f := range stmt.Schema.Fields {
+			if f.Unique && !f.PrimaryKey {
+				return false
+			}
+		}
+		for _, idx := range stmt.Schema.ParseIndexes() {
+			if idx.Class == "UNIQUE" || idx.Option == "UNIQUE" {
+				return false
+			}
+		}
+		return true
+	}
+	cols := make([]string, 0, len(oc.Columns))
+	for _, col := range oc.Columns {
+		cols = append(cols, col.Name)
+	}
+	return len(cols) == 0 || slices.Equal(cols, stmt.Schema.PrimaryFieldDBNames)
 }

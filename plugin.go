@@ -218,6 +218,7 @@ func (p *Plugin) register(db *gorm.DB) error {
 		{"envelope:seal_self_owned", cb.Create().After("gorm:create").Before("gorm:save_after_associations").Register("envelope:seal_self_owned", p.sealSelf)},
 		{"envelope:after_create", cb.Create().After("gorm:commit_or_rollback_transaction").Register("envelope:after_create", p.afterWrite)},
 		{"envelope:before_update", cb.Update().After("gorm:save_before_associations").Before("gorm:update").Register("envelope:before_update", p.beforeUpdate)},
+		{"envelope:check_pinned", cb.Update().After("gorm:update").Before("gorm:save_after_associations").Register("envelope:check_pinned", p.checkPinned)},
 		{"envelope:after_update", cb.Update().After("gorm:commit_or_rollback_transaction").Register("envelope:after_update", p.afterWrite)},
 		{"envelope:guard_query", cb.Query().Before("gorm:query").Register("envelope:guard_query", p.guard)},
 		{"envelope:before_query", cb.Query().After("envelope:guard_query").Before("gorm:query").Register("envelope:before_query", p.beforeQuery)},
