@@ -731,7 +731,7 @@ func (p *Plugin) afterWrite(db *gorm.DB) {
 				e.undo()
 			}
 		}
-		db.Statement.Settings.Delete(fmt.Sprintf("%p", db.Statement) + restoreKey)
+		instanceDelete(db, restoreKey)
 		if st := r.st; st != nil {
 			if st.refusal != nil {
 				// The driver's error may describe the refused value's
@@ -748,7 +748,7 @@ func (p *Plugin) afterWrite(db *gorm.DB) {
 				p.cache.Put(o, k)
 			}
 		}
-		db.Statement.Settings.Delete(fmt.Sprintf("%p", db.Statement) + pendingKey)
+		instanceDelete(db, pendingKey)
 	}
 }
 

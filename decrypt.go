@@ -1,6 +1,7 @@
 package envelope
 
 import (
+	"context"
 	"errors"
 	"fmt"
 	"reflect"
@@ -55,6 +56,7 @@ func joinPaths(stmt *gorm.Statement) []joinPath {
 // statement returns one error naming model, field and owner.
 func (p *Plugin) afterQuery(db *gorm.DB) {
 	stmt := db.Statement
+	sinkFor(db) // before the preloads run, whatever this statement reads
 	rs := endPipeline(stmt)
 	defer rs.release()
 	// Nothing was scanned (no row, or the statement was refused before any
@@ -227,7 +229,7 @@ func (p *Plugin) afterQuerySlice(db *gorm.DB, rv reflect.Value, elemType reflect
 		}
 	}
 	if errs := p.decryptAll(targets, keys, kerrs); len(errs) > 0 {
-		db.AddError(join(errs))
+		readErr(db, join(errs))
 	}
 }
 
@@ -249,7 +251,7 @@ func (p *Plugin) resolveOwners(db *gorm.DB, owners map[any]struct{}, targets []t
 				zeroTokens(t)
 			}
 		}
-		db.AddError(err)
+		readErr(db, err)
 		return nil, nil, false
 	}
 	if err != nil {
@@ -283,7 +285,7 @@ func (p *Plugin) decryptTargets(db *gorm.DB, targets []target, owners map[any]st
 		return
 	}
 	if errs := p.decryptAll(targets, keys, kerrs); len(errs) > 0 {
-		db.AddError(join(errs))
+		readErr(db, join(errs))
 	}
 }
 
@@ -536,5 +538,67 @@ func (p *Plugin) plaintextRead(m *modelMeta, ef *encField) {
 	if p.plaintextReads.Add(1) == 1 {
 		p.log.Warn("envelope: read plaintext from an encrypted column (Config.AcceptPlaintext); run EncryptExisting to encrypt it",
 			"model", m.name, "field", ef.f.Name)
+	}
+}
+
+// readErrKey marks a statement whose preloads collect their read errors
+// in its preloadSink.
+const readErrKey = "envelope:read_error"
+
+// preloadSink collects the read errors of a statement and of the preload
+// statements GORM runs for it, which inherit its context.
+type preloadSink struct {
+	mu   sync.Mutex
+	errs []error
+	ctx  context.Context // the statement's context before the sink
+}
+
+type preloadSinkKey struct{}
+
+// readErr reports the statement's decryption error. A statement with
+// preloads, and each preload statement of it, hands its error to the
+// statement's sink instead, added once the preloads have run
+// (afterPreload): GORM runs no preload once a statement has an error, and
+// assigns no preloaded row once a preload statement has one, so one row
+// that cannot be read (a shredded owner) would leave every other row
+// without its associations.
+func readErr(db *gorm.DB, err error) {
+	sink := sinkFor(db)
+	if sink == nil {
+		db.AddError(err)
+		return
+	}
+	sink.mu.Lock()
+	sink.errs = append(sink.errs, err)
+	sink.mu.Unlock()
+}
+
+// sinkFor returns the sink the statement's read errors go to: the one of
+// the statement it preloads for, or its own if it has preloads; nil if
+// neither.
+func sinkFor(db *gorm.DB) *preloadSink {
+	stmt := db.Statement
+	sink, _ := stmt.Context.Value(preloadSinkKey{}).(*preloadSink)
+	if sink == nil && len(stmt.Preloads) > 0 {
+		sink = &preloadSink{ctx: stmt.Context}
+		stmt.Context = context.WithValue(stmt.Context, preloadSinkKey{}, sink)
+		db.InstanceSet(readErrKey, sink)
+	}
+	return sink
+}
+
+// afterPreload adds the errors the statement's sink collected.
+func (p *Plugin) afterPreload(db *gorm.DB) {
+	v, ok := db.InstanceGet(readErrKey)
+	if !ok {
+		return
+	}
+	instanceDelete(db, readErrKey)
+	sink := v.(*preloadSink)
+	db.Statement.Context = sink.ctx
+	sink.mu.Lock()
+	defer sink.mu.Unlock()
+	if err := join(sink.errs); err != nil {
+		db.AddError(err)
 	}
 }

@@ -126,3 +126,10 @@ func gormSerializer(v any) (dest reflect.Value, f *schema.Field, ok bool) {
 	f, _ = e.FieldByName("Field").Interface().(*schema.Field)
 	return dest, f, f != nil && dest.IsValid()
 }
+
+// instanceDelete removes what db.InstanceSet(key, ...) stored: GORM has no
+// call for it, and keeps instance values in Statement.Settings under the
+// statement's address followed by the key.
+func instanceDelete(db *gorm.DB, key string) {
+	db.Statement.Settings.Delete(fmt.Sprintf("%p", db.Statement) + key)
+}

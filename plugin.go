@@ -228,6 +228,7 @@ func (p *Plugin) register(db *gorm.DB) error {
 		{"envelope:profile_delete", cb.Delete().Before("gorm:delete").Register("envelope:profile_delete", p.profileWrite)},
 		{"envelope:profile_deleted", cb.Delete().After("gorm:commit_or_rollback_transaction").Register("envelope:profile_deleted", p.profileDeleted)},
 		{"envelope:after_query", cb.Query().After("gorm:query").Before("gorm:preload").Register("envelope:after_query", p.afterQuery)},
+		{"envelope:after_preload", cb.Query().After("gorm:preload").Before("gorm:after_query").Register("envelope:after_preload", p.afterPreload)},
 	}
 	for _, r := range regs {
 		if r.err != nil {
