@@ -420,6 +420,19 @@ func (c *collector) onConflict() {
 		c.fail(&FieldError{Model: m.name, Err: fmt.Errorf("%w: an upsert of a self-owned row needs its id (the owner) set by the app", ErrUnsafe)})
 		return
 	}
+	if len(c.self) > 0 {
+		// No conflict can happen, so DO UPDATE never runs: drop it rather
+		// than send its values (unsealed: there is no owner yet).
+		if !oc.DoNothing {
+			stmt := c.db.Statement
+			orig := cl
+			ncl := cl
+			ncl.Expression = clause.OnConflict{Columns: oc.Columns, DoNothing: true}
+			stmt.Clauses["ON CONFLICT"] = ncl
+			c.edits = append(c.edits, edit{undo: func() { stmt.Clauses["ON CONFLICT"] = orig }})
+		}
+		return
+	}
 	if oc.DoNothing || (len(oc.DoUpdates) == 0 && !oc.UpdateAll) {
 		return
 	}
