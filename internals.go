@@ -133,3 +133,12 @@ func gormSerializer(v any) (dest reflect.Value, f *schema.Field, ok bool) {
 func instanceDelete(db *gorm.DB, key string) {
 	db.Statement.Settings.Delete(fmt.Sprintf("%p", db.Statement) + key)
 }
+
+// structIndex reads one step of a schema.Field's StructField.Index: GORM
+// marks a step through an embedded pointer as -i-1.
+func structIndex(i int) (field int, viaPtr bool) {
+	if i < 0 {
+		return -i - 1, true
+	}
+	return i, false
+}

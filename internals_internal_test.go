@@ -211,3 +211,23 @@ func TestTripwireInstanceDelete(t *testing.T) {
 		t.Fatal("GORM's instance key format changed: see internals.go")
 	}
 }
+
+// GORM marks a step through an embedded pointer with a negative index.
+func TestTripwireEmbeddedPointerIndex(t *testing.T) {
+	type Inner struct{ Secret string }
+	type outer struct {
+		ID uint
+		*Inner
+	}
+	s, err := schema.Parse(&outer{}, &sync.Map{}, schema.NamingStrategy{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	idx := s.LookUpField("Secret").StructField.Index
+	if len(idx) != 2 {
+		t.Fatalf("index %v", idx)
+	}
+	if f, viaPtr := structIndex(idx[0]); !viaPtr || f != 1 {
+		t.Fatalf("GORM no longer marks the embedded pointer in %v: see internals.go", idx)
+	}
+}

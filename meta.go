@@ -220,7 +220,7 @@ func (ef *encField) zeroAt(p unsafe.Pointer) {
 func offsetOf(t reflect.Type, index []int) (uintptr, bool) {
 	var off uintptr
 	for _, i := range index {
-		if i < 0 || t.Kind() != reflect.Struct { // GORM's mark of an embedded pointer
+		if _, viaPtr := structIndex(i); viaPtr || t.Kind() != reflect.Struct {
 			return 0, false
 		}
 		f := t.Field(i)
@@ -322,9 +322,7 @@ func (m *modelMeta) ownerOf(v reflect.Value) any {
 func fieldValue(f *schema.Field, v reflect.Value) (reflect.Value, bool) {
 	v = reflect.Indirect(v)
 	for _, i := range f.StructField.Index {
-		if i < 0 {
-			i = -i - 1
-		}
+		i, _ = structIndex(i)
 		if v.Kind() == reflect.Pointer {
 			if v.IsNil() {
 				return reflect.Value{}, false

@@ -128,9 +128,14 @@ func New(cfg Config) *Plugin {
 // Name returns [Name].
 func (p *Plugin) Name() string { return Name }
 
-// CacheStats returns the DEK cache's counters (hits, misses, loads,
-// evictions, entries), for an app to export as metrics.
-func (p *Plugin) CacheStats() cache.Stats { return p.cache.Stats() }
+// CacheStats are the DEK cache's counters: hits, misses, loads (DEKs
+// read from the profile table and opened), evictions, and the entries
+// held now.
+type CacheStats = cache.Stats
+
+// CacheStats returns the DEK cache's counters, for an app to export as
+// metrics.
+func (p *Plugin) CacheStats() CacheStats { return p.cache.Stats() }
 
 // PlaintextReads returns how many legacy plaintext values reads have
 // accepted under Config.AcceptPlaintext.
