@@ -8,7 +8,6 @@ import (
 	"sync"
 	"time"
 
-	"github.com/gorm-envelope/envelope/dek"
 	"github.com/gorm-envelope/envelope/internal/token"
 	"gorm.io/gorm"
 	"gorm.io/gorm/clause"
@@ -539,7 +538,7 @@ func (c *collector) finish() {
 		if i == 0 || it.owner != lastOwner {
 			lastOwner, k, kerr = it.owner, keys[it.owner], kerrs[it.owner]
 		}
-		if kerr == nil && (k == nil || k.shredded) {
+		if kerr == nil && (k == nil || k.Shredded) {
 			kerr = ErrShredded
 		}
 		if kerr != nil {
@@ -553,7 +552,7 @@ func (c *collector) finish() {
 			}
 			continue
 		}
-		ciphers[i] = k.c
+		ciphers[i] = k.C
 	}
 	if len(c.errs) > 0 {
 		db.AddError(join(c.errs))
@@ -757,48 +756,10 @@ func (p *Plugin) afterWrite(db *gorm.DB) {
 	}
 	if v, ok := db.InstanceGet(pendingKey); ok {
 		if db.Error == nil {
-			for o, k := range v.(pendingKeys) {
-				p.cache.Put(o, k)
-			}
+			p.store.Commit(v.(pendingKeys))
 		}
 		instanceDelete(db, pendingKey)
 	}
-}
-
-// giveProfilesDEKs gives every Profile being created without a DEK a new one.
-func (p *Plugin) giveProfilesDEKs(db *gorm.DB) {
-	if p.keys == nil {
-		return
-	}
-	ctx := db.Statement.Context
-	var visit func(v reflect.Value)
-	visit = func(v reflect.Value) {
-		v = reflect.Indirect(v)
-		switch v.Kind() {
-		case reflect.Slice, reflect.Array:
-			for i := 0; i < v.Len(); i++ {
-				visit(v.Index(i))
-			}
-		case reflect.Struct:
-			fv, ok := fieldValue(p.prof.DEK, v)
-			if !ok || fv.Len() > 0 || !fv.CanSet() {
-				return
-			}
-			d, err := dek.NewDEK()
-			if err != nil {
-				db.AddError(err)
-				return
-			}
-			enc, err := p.keys.Seal(ctx, d)
-			clear(d[:])
-			if err != nil {
-				db.AddError(err)
-				return
-			}
-			fv.SetBytes(enc)
-		}
-	}
-	visit(db.Statement.ReflectValue)
 }
 
 // guardTableWrite refuses a write by table name alone (db.Table(...) with a

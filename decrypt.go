@@ -504,11 +504,11 @@ func (p *Plugin) decryptTarget(t target, keys map[any]*ownerKey, kerrs map[any]e
 			fail(fmt.Errorf("%w: owner has no DEK", ErrDecrypt))
 			continue
 		}
-		if k.shredded {
+		if k.Shredded {
 			fail(ErrShredded)
 			continue
 		}
-		msg, err := ar.decrypt(k.c, b, left)
+		msg, err := ar.decrypt(k.C, b, left)
 		if err != nil {
 			fail(fmt.Errorf("%w: token does not open under the owner's DEK", ErrDecrypt))
 			continue

@@ -6,6 +6,7 @@ import (
 	"strings"
 
 	"github.com/gorm-envelope/envelope/dek"
+	"github.com/gorm-envelope/envelope/internal/keystore"
 )
 
 var (
@@ -33,7 +34,9 @@ var (
 	// reported by the database while the plugin created or read a DEK, or a
 	// snapshot that cannot see another transaction's new DEK). The
 	// transaction has been aborted by the database or must be: retry it.
-	ErrConflict = errors.New("envelope: concurrent first writes for an owner conflicted; retry the transaction")
+	// It is the same error as keystore's, which the plugin's own DEK steps
+	// return.
+	ErrConflict = keystore.ErrConflict
 
 	// ErrUnsafe reports an operation refused because it would send or store
 	// plaintext in an encrypted column, or could never work on encrypted

@@ -4,8 +4,7 @@ import "context"
 
 // PurgeCacheForTest empties p's DEK cache (benchmarks of cold reads).
 func PurgeCacheForTest(p *Plugin) {
-	p.cache.Purge()
-	p.opened.Purge()
+	p.store.Purge()
 }
 
 // SetParallelMinForTest sets the row count from which results are

@@ -1,7 +1,6 @@
 package envelope
 
 import (
-	"errors"
 	"fmt"
 	"log/slog"
 	"reflect"
@@ -89,25 +88,6 @@ func inAssociationReplace() bool {
 			return false
 		}
 	}
-}
-
-// conflictErr wraps in ErrConflict an error a database reports for a
-// deadlock or a serialization failure: PostgreSQL's SQLSTATE 40001 and
-// 40P01 (also CockroachDB's and YugabyteDB's), MySQL's 1213 and SQLSTATE
-// 40001. The root package imports no driver, so the codes are read from
-// the drivers' error texts ("... (SQLSTATE 40P01)", "Error 1213 (40001):
-// ...").
-func conflictErr(err error) error {
-	if err == nil || errors.Is(err, ErrConflict) {
-		return err
-	}
-	s := err.Error()
-	for _, code := range []string{"SQLSTATE 40001", "SQLSTATE 40P01", "Error 1213 ", "(40001)"} {
-		if strings.Contains(s, code) {
-			return fmt.Errorf("%w: %w", ErrConflict, err)
-		}
-	}
-	return err
 }
 
 // gormSerializer returns the struct and field of GORM's serializer wrapper

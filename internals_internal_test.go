@@ -10,6 +10,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/gorm-envelope/envelope/internal/keystore"
 	"github.com/gorm-envelope/envelope/internal/testdb"
 	"gorm.io/gorm"
 	"gorm.io/gorm/schema"
@@ -144,7 +145,7 @@ func TestTripwireSerializerWrapper(t *testing.T) {
 }
 
 // The drivers' deadlock and serialization errors still carry the codes
-// conflictErr reads.
+// keystore.ConflictErr reads.
 func TestTripwireConflictCodes(t *testing.T) {
 	for _, d := range []testdb.Dialect{testdb.Postgres, testdb.MySQL} {
 		t.Run(string(d), func(t *testing.T) {
@@ -189,10 +190,10 @@ func TestTripwireConflictCodes(t *testing.T) {
 			if deadlock == nil {
 				t.Fatal("no deadlock")
 			}
-			if !errors.Is(conflictErr(deadlock), ErrConflict) {
-				t.Fatalf("conflictErr does not recognise %q: see internals.go", deadlock)
+			if !errors.Is(keystore.ConflictErr(deadlock), ErrConflict) {
+				t.Fatalf("conflictErr does not recognise %q: see internal/keystore/sql.go", deadlock)
 			}
-			if conflictErr(sql.ErrNoRows) != sql.ErrNoRows {
+			if keystore.ConflictErr(sql.ErrNoRows) != sql.ErrNoRows {
 				t.Fatal("conflictErr wrapped an unrelated error")
 			}
 		})

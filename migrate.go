@@ -6,6 +6,7 @@ import (
 	"reflect"
 	"strconv"
 
+	"github.com/gorm-envelope/envelope/internal/keystore"
 	"github.com/gorm-envelope/envelope/internal/token"
 	"gorm.io/gorm"
 	"gorm.io/gorm/clause"
@@ -83,7 +84,7 @@ func EncryptExisting(ctx context.Context, db *gorm.DB, model any, opts MigrateOp
 		err := base.Transaction(func(tx *gorm.DB) error {
 			q := tx.Table(table).Clauses(clause.Select{Columns: cols}).Order(clause.OrderByColumn{Column: clause.Column{Name: pk}}).Limit(batch)
 			if tx.Dialector.Name() == "sqlite" {
-				if err := lockSQLite(tx, table, pk); err != nil {
+				if err := keystore.LockSQLite(tx, table, pk); err != nil {
 					return err
 				}
 			} else {
@@ -156,16 +157,16 @@ func EncryptExisting(ctx context.Context, db *gorm.DB, model any, opts MigrateOp
 						return &FieldError{Model: m.name, Field: name, Owner: r.owner, Err: err}
 					}
 					k := keys[r.owner]
-					if k == nil || k.shredded {
+					if k == nil || k.Shredded {
 						return &FieldError{Model: m.name, Field: name, Owner: r.owner, Err: ErrShredded}
 					}
 					if token.LooksLikeString(*v) {
-						if _, err := k.c.Decrypt([]byte(*v)); err == nil {
+						if _, err := k.C.Decrypt([]byte(*v)); err == nil {
 							res.Skipped++
 							continue
 						}
 					}
-					tok, err := k.c.Encrypt([]byte(*v))
+					tok, err := k.C.Encrypt([]byte(*v))
 					if err != nil {
 						return err
 					}
@@ -210,11 +211,4 @@ func ownerScan(m *modelMeta, v any) any {
 		v = n
 	}
 	return normOwnerAny(v)
-}
-
-// lockSQLite takes SQLite's write lock at the start of a transaction, so
-// what it then reads cannot change before it writes.
-func lockSQLite(tx *gorm.DB, table, col string) error {
-	q := tx.Statement.Quote
-	return tx.Exec("UPDATE " + q(table) + " SET " + q(col) + " = " + q(col) + " WHERE 1 = 0").Error
 }

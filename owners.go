@@ -6,6 +6,7 @@ import (
 	"slices"
 	"strings"
 
+	"github.com/gorm-envelope/envelope/internal/keystore"
 	"gorm.io/gorm"
 	"gorm.io/gorm/clause"
 	"gorm.io/gorm/schema"
@@ -511,7 +512,7 @@ func (c *collector) conflictsKeepOwner(oc clause.OnConflict) (bool, error) {
 		Clauses(clause.Select{Columns: []clause.Column{{Name: pf.DBName}, {Name: c.m.owner.DBName}}}).
 		Where(clause.IN{Column: clause.Column{Name: pf.DBName}, Values: ids})
 	if c.db.Dialector.Name() == "sqlite" {
-		if err := lockSQLite(tx, stmt.Table, pf.DBName); err != nil {
+		if err := keystore.LockSQLite(tx, stmt.Table, pf.DBName); err != nil {
 			return false, err
 		}
 	} else {
@@ -519,7 +520,7 @@ func (c *collector) conflictsKeepOwner(oc clause.OnConflict) (bool, error) {
 	}
 	rows, err := q.Rows()
 	if err != nil {
-		return false, conflictErr(fmt.Errorf("envelope: look up the rows an upsert updates: %w", err))
+		return false, keystore.ConflictErr(fmt.Errorf("envelope: look up the rows an upsert updates: %w", err))
 	}
 	defer rows.Close()
 	for rows.Next() {

@@ -291,12 +291,12 @@ func (rs *readState) work(b *pipeBatch) {
 		if !seen {
 			j = int32(len(b.owners))
 			idx[o] = j
-			k, _ := rs.p.cache.Peek(o)
+			k, _ := rs.p.store.Peek(o)
 			b.owners, b.keys, b.hasTok = append(b.owners, o), append(b.keys, k), append(b.hasTok, false)
 		}
 		b.oi[r] = j
 		k := b.keys[j]
-		usable := k != nil && !k.shredded && k.c != nil
+		usable := k != nil && !k.Shredded && k.C != nil
 		cached = cached || usable
 		for i := range rs.nf {
 			it := &b.items[r*rs.nf+i]
@@ -307,7 +307,7 @@ func (rs *readState) work(b *pipeBatch) {
 			if !usable {
 				continue
 			}
-			if msg, err := ar.decrypt(k.c, it.tok, len(b.items)-r*rs.nf-i); err == nil {
+			if msg, err := ar.decrypt(k.C, it.tok, len(b.items)-r*rs.nf-i); err == nil {
 				it.k, it.msg = k, msg
 			}
 		}

@@ -11,9 +11,8 @@ import (
 
 	"github.com/gorm-envelope/envelope/dek"
 	"github.com/gorm-envelope/envelope/internal/cache"
+	"github.com/gorm-envelope/envelope/internal/keystore"
 	"github.com/gorm-envelope/envelope/internal/profilemeta"
-	"github.com/gorm-envelope/envelope/internal/token"
-	"golang.org/x/sync/singleflight"
 	"gorm.io/gorm"
 	"gorm.io/gorm/schema"
 )
@@ -71,17 +70,16 @@ type Plugin struct {
 	log  *slog.Logger
 	prof *profilemeta.Profile
 
-	cache *cache.Cache[any, *ownerKey]
+	// store maps owners to their DEKs; made by Initialize, once the
+	// profile model is known.
+	store     *keystore.Store
+	cacheSize int
+	cacheTTL  time.Duration
 
 	metas     sync.Map // *schema.Schema -> *modelMeta
 	typeMetas sync.Map // reflect.Type -> *modelMeta (nil for non-models)
 	tables    sync.Map // table name -> *modelMeta of a model with encrypted fields
 
-	opened  *cache.Cache[string, *ownerKey] // opened DEKs by their stored bytes
-	txKeys  *txKeys                         // DEKs loaded in transactions the plugin did not start
-	opening singleflight.Group              // concurrent opens of one stored DEK
-
-	lockTable      atomic.Bool // MySQL's lock table is there (ensureLockTable)
 	plaintextReads atomic.Uint64
 	pipelined      atomic.Uint64 // values decrypted while the result was scanned
 
@@ -93,35 +91,19 @@ type Plugin struct {
 	served any
 }
 
-// ownerKey is what the cache holds for one owner: the prepared cipher of
-// the owner's DEK, or the fact that the DEK was shredded.
-type ownerKey struct {
-	c        *token.Cipher
-	shredded bool
-}
-
 // New returns the plugin for cfg. Errors in cfg are reported by db.Use.
 func New(cfg Config) *Plugin {
 	p := &Plugin{cfg: cfg, keys: cfg.Keys, log: cfg.Logger}
 	if p.log == nil {
 		p.log = slog.Default()
 	}
-	size, ttl := cfg.CacheSize, cfg.CacheTTL
-	if size == 0 {
-		size = DefaultCacheSize
+	p.cacheSize, p.cacheTTL = cfg.CacheSize, cfg.CacheTTL
+	if p.cacheSize == 0 {
+		p.cacheSize = DefaultCacheSize
 	}
-	if ttl == 0 {
-		ttl = DefaultCacheTTL
+	if p.cacheTTL == 0 {
+		p.cacheTTL = DefaultCacheTTL
 	}
-	p.cache = cache.New[any, *ownerKey](size, ttl)
-	p.opened = cache.New[string, *ownerKey](size, ttl)
-	// DEKs reused within a transaction follow the cache's settings: none
-	// when it is off, and at most CacheSize per transaction.
-	txMax := 4096
-	if size < 0 {
-		txMax = 0
-	}
-	p.txKeys = newTxKeys(txMax, size, ttl)
 	return p
 }
 
@@ -135,7 +117,12 @@ type CacheStats = cache.Stats
 
 // CacheStats returns the DEK cache's counters, for an app to export as
 // metrics.
-func (p *Plugin) CacheStats() CacheStats { return p.cache.Stats() }
+func (p *Plugin) CacheStats() CacheStats {
+	if p.store == nil {
+		return CacheStats{}
+	}
+	return p.store.Stats()
+}
 
 // PlaintextReads returns how many legacy plaintext values reads have
 // accepted under Config.AcceptPlaintext.
@@ -163,13 +150,14 @@ func (p *Plugin) initialize(db *gorm.DB) error {
 		return err
 	}
 	p.prof = prof
+	p.store = keystore.New(prof, p.keys, p.log, p.cacheSize, p.cacheTTL)
 	if p.keys == nil {
 		p.log.Warn("envelope: no master key configured; encrypted fields cannot be read or written",
 			"variable", dek.EnvKey, "docs", "docs/key-management.md")
 	} else if err := p.checkKeys(db); err != nil {
 		return err
 	}
-	p.ensureLockTable(db)
+	p.store.EnsureLockTable(db)
 	return p.register(db)
 }
 

@@ -6,6 +6,7 @@ import (
 	"strconv"
 	"sync/atomic"
 
+	"github.com/gorm-envelope/envelope/internal/keystore"
 	"gorm.io/gorm"
 	"gorm.io/gorm/clause"
 	"gorm.io/gorm/schema"
@@ -72,16 +73,16 @@ func (c *collector) beginSelf(st *writeState) bool {
 		}
 	}
 	switch modeOf(db) {
-	case txOwn:
+	case keystore.Own:
 		// GORM's own transaction: it rolls back on any error.
-	case txForeign:
+	case keystore.Foreign:
 		name := "envelope_" + strconv.FormatUint(savepoints.Add(1), 10)
 		if err := db.Session(&gorm.Session{NewDB: true}).SavePoint(name).Error; err != nil {
 			db.AddError(fmt.Errorf("envelope: savepoint: %w", err))
 			return false
 		}
 		st.selfTx = &selfTx{savepoint: name}
-	case txNone:
+	case keystore.None:
 		tx := db.Session(&gorm.Session{NewDB: true}).Begin()
 		if tx.Error != nil {
 			db.AddError(fmt.Errorf("envelope: begin: %w", tx.Error))
@@ -142,7 +143,7 @@ func (p *Plugin) sealSelf(db *gorm.DB) {
 		}
 		o := r.m.ownerOf(r.v)
 		k := keys[o]
-		if err := kerrs[o]; err != nil || k == nil || k.shredded {
+		if err := kerrs[o]; err != nil || k == nil || k.Shredded {
 			if err == nil {
 				err = ErrShredded
 			}
@@ -151,7 +152,7 @@ func (p *Plugin) sealSelf(db *gorm.DB) {
 		}
 		set := make(map[string]any, len(r.vals))
 		for _, sv := range r.vals {
-			tok, err := k.c.Encrypt([]byte(sv.plain))
+			tok, err := k.C.Encrypt([]byte(sv.plain))
 			if err != nil {
 				db.AddError(fmt.Errorf("envelope: encrypt: %w", err))
 				return

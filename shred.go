@@ -52,7 +52,7 @@ func Shred(db *gorm.DB, owner any) error {
 	var old [][]byte
 	err = tx.Transaction(func(tx *gorm.DB) error {
 		// Shred writes profile rows like a DEK creator: in the same order.
-		if err := p.lockCreation(tx); err != nil {
+		if err := p.store.LockCreation(tx); err != nil {
 			return err
 		}
 		if err := tx.Table(p.prof.Table).
@@ -68,11 +68,7 @@ func Shred(db *gorm.DB, owner any) error {
 			Where(clause.Eq{Column: clause.Column{Name: p.prof.Owner.DBName}, Value: o}).
 			UpdateColumn(p.prof.DEK.DBName, dek.Tombstone()).Error
 	})
-	p.cache.Delete(o)
-	p.txKeys.forget(o)
-	for _, enc := range old {
-		p.opened.Delete(string(enc))
-	}
+	p.store.Forget(o, old...)
 	if err != nil {
 		return fmt.Errorf("envelope: shred owner %v: %w", o, err)
 	}

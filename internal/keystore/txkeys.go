@@ -1,4 +1,4 @@
-package envelope
+package keystore
 
 import (
 	"database/sql"
@@ -8,7 +8,6 @@ import (
 	"weak"
 
 	"gorm.io/gorm"
-	"gorm.io/gorm/clause"
 )
 
 // DEKs within one transaction.
@@ -39,7 +38,7 @@ type txKeys struct {
 }
 
 type txEntry struct {
-	keys     map[any]*ownerKey
+	keys     map[any]*Key
 	disabled bool      // the transaction wrote profiles: serve nothing, for its whole life
 	expires  time.Time // when keys must be looked up again
 }
@@ -101,7 +100,7 @@ func (t *txKeys) entry(pool gorm.ConnPool, create, force bool) *txEntry {
 	if !create || (!force && len(t.m) >= t.max) {
 		return nil
 	}
-	e := &txEntry{keys: map[any]*ownerKey{}, expires: now.Add(t.ttl)}
+	e := &txEntry{keys: map[any]*Key{}, expires: now.Add(t.ttl)}
 	t.m[key] = e
 	watch()
 	return e
@@ -109,7 +108,7 @@ func (t *txKeys) entry(pool gorm.ConnPool, create, force bool) *txEntry {
 
 // fill puts in keys the DEKs the transaction loaded for owners, and
 // returns the owners it had none for.
-func (t *txKeys) fill(pool gorm.ConnPool, owners []any, keys map[any]*ownerKey) []any {
+func (t *txKeys) fill(pool gorm.ConnPool, owners []any, keys map[any]*Key) []any {
 	t.mu.Lock()
 	defer t.mu.Unlock()
 	e := t.entry(pool, false, false)
@@ -128,7 +127,7 @@ func (t *txKeys) fill(pool gorm.ConnPool, owners []any, keys map[any]*ownerKey) 
 }
 
 // record notes the DEKs a statement of the transaction loaded.
-func (t *txKeys) record(pool gorm.ConnPool, loaded map[any]*ownerKey) {
+func (t *txKeys) record(pool gorm.ConnPool, loaded map[any]*Key) {
 	t.mu.Lock()
 	defer t.mu.Unlock()
 	e := t.entry(pool, true, false)
@@ -169,121 +168,4 @@ func (t *txKeys) forgetAll() {
 	for _, e := range t.m {
 		clear(e.keys)
 	}
-}
-
-// profileWrite disables the transaction's DEKs when a statement writes
-// the Profile model inside a transaction it did not start.
-func (p *Plugin) profileWrite(db *gorm.DB) {
-	stmt := db.Statement
-	if !p.isProfile(stmt) {
-		return
-	}
-	if modeOf(db) == txForeign {
-		p.txKeys.disable(stmt.ConnPool)
-	}
-}
-
-func (p *Plugin) isProfile(stmt *gorm.Statement) bool {
-	return p.prof != nil && (stmt.Schema != nil && stmt.Schema.ModelType == p.prof.Type || stmt.Table == p.prof.Table)
-}
-
-// profileDeleted forgets what this process cached for the owners whose
-// profile rows a delete through GORM removed, once it succeeded: the DEK
-// (or the shredded state) of a deleted row must not be served any longer,
-// or writes would go on under a DEK that is stored nowhere (or be refused
-// with ErrShredded after the owner was started afresh). The next write for
-// such an owner creates a new DEK.
-//
-// The owners are known when the statement's conditions pin the owner
-// column (Where(&Profile{UserID: 5}), a map, clause.Eq or clause.IN);
-// otherwise (a raw condition, a delete by primary key) every cached owner
-// is forgotten: profile deletes are rare, and the cost is one lookup per
-// owner on its next use.
-//
-// This runs after GORM's commit of a transaction it started, but inside
-// the caller's transaction it runs at once, when the statement is done,
-// for GORM tells a plugin nothing of that transaction's commit. Caveat:
-// until the caller commits, a statement outside the transaction still
-// reads the row as it was committed, and may cache that again (the old DEK
-// or the tombstone) for up to Config.CacheTTL; the transaction's own later
-// statements would then be served it from the cache too. A delete that
-// rolls back only costs the lookups. Other processes, and profile rows
-// deleted by raw SQL, are not seen: they keep a cached DEK for up to
-// Config.CacheTTL, as after Shred.
-//
-// A soft delete (a Profile with gorm.DeletedAt) keeps the row, and the
-// plugin's own lookups go on finding its DEK or tombstone: a soft delete
-// changes nothing about the owner's keys, and only Unscoped().Delete starts
-// an owner afresh.
-func (p *Plugin) profileDeleted(db *gorm.DB) {
-	stmt := db.Statement
-	if db.Error != nil || db.DryRun || db.RowsAffected == 0 || !p.isProfile(stmt) {
-		return
-	}
-	owners, ok := p.deletedOwners(stmt)
-	if !ok {
-		p.cache.Purge()
-		p.txKeys.forgetAll()
-		return
-	}
-	for _, o := range owners {
-		p.cache.Delete(o)
-		p.txKeys.forget(o)
-	}
-}
-
-// deletedOwners returns the owners a statement's conditions restrict it
-// to: the values of an Eq or IN on the owner column among the conditions
-// joined by AND. ok is false when they do not.
-func (p *Plugin) deletedOwners(stmt *gorm.Statement) (owners []any, ok bool) {
-	c, found := stmt.Clauses["WHERE"]
-	if !found {
-		return nil, false
-	}
-	w, isWhere := c.Expression.(clause.Where)
-	if !isWhere {
-		return nil, false
-	}
-	exprs := w.Exprs
-	if len(exprs) == 1 {
-		if and, isAnd := exprs[0].(clause.AndConditions); isAnd {
-			exprs = and.Exprs
-		}
-	}
-	// A single-condition Or joins its condition to the others with OR.
-	for _, e := range exprs {
-		if _, isOr := e.(clause.OrConditions); isOr {
-			return nil, false
-		}
-	}
-	pinned := func(col any) bool { return columnOf(stmt.Table, col) == p.prof.Owner.DBName }
-	for _, e := range exprs {
-		var values []any
-		switch x := e.(type) {
-		case clause.Eq:
-			if !pinned(x.Column) {
-				continue
-			}
-			values = []any{x.Value}
-		case clause.IN:
-			if !pinned(x.Column) {
-				continue
-			}
-			values = x.Values
-		default:
-			continue
-		}
-		str := isStringOwner(p.prof.Owner)
-		for _, v := range values {
-			// A slice, NULL, zero, or "5" for an integer owner: not the
-			// owners as the cache knows them.
-			o := normOwnerAny(v)
-			if _, isStr := o.(string); o == nil || isStr != str {
-				return nil, false
-			}
-			owners = append(owners, o)
-		}
-		return owners, true
-	}
-	return nil, false
 }

@@ -1,4 +1,4 @@
-package envelope
+package keystore
 
 import (
 	"database/sql"
@@ -16,22 +16,22 @@ func TestTxKeysLifetimeAndBound(t *testing.T) {
 	now := time.Unix(1000, 0)
 	tk := newTxKeys(2, 10, time.Minute)
 	tk.now = func() time.Time { return now }
-	k := &ownerKey{}
+	k := &Key{}
 	a, b, c := &sql.Tx{}, &sql.Tx{}, &sql.Tx{}
-	tk.record(a, map[any]*ownerKey{int64(1): k})
+	tk.record(a, map[any]*Key{int64(1): k})
 	if got, ok := get(tk, a, int64(1)); !ok || got != k {
 		t.Fatal("recorded DEK not served")
 	}
 	if _, ok := get(tk, b, int64(1)); ok {
 		t.Fatal("DEK served to another transaction")
 	}
-	tk.record(b, map[any]*ownerKey{int64(1): k})
-	tk.record(c, map[any]*ownerKey{int64(1): k}) // over the bound: not kept
+	tk.record(b, map[any]*Key{int64(1): k})
+	tk.record(c, map[any]*Key{int64(1): k}) // over the bound: not kept
 	if _, ok := get(tk, c, int64(1)); ok || len(tk.m) != 2 {
 		t.Fatalf("%d entries kept, bound is 2", len(tk.m))
 	}
 	tk.disable(c) // kept although the cache is full
-	tk.record(c, map[any]*ownerKey{int64(2): k})
+	tk.record(c, map[any]*Key{int64(2): k})
 	if _, ok := get(tk, c, int64(2)); ok {
 		t.Fatal("DEK served after the transaction wrote profiles")
 	}
@@ -39,16 +39,16 @@ func TestTxKeysLifetimeAndBound(t *testing.T) {
 	if _, ok := get(tk, a, int64(1)); ok {
 		t.Fatal("DEK served after its lifetime")
 	}
-	tk.record(c, map[any]*ownerKey{int64(2): k})
+	tk.record(c, map[any]*Key{int64(2): k})
 	if _, ok := get(tk, c, int64(2)); ok {
 		t.Fatal("a transaction that wrote profiles was served DEKs after the lifetime")
 	}
-	tk.record(a, map[any]*ownerKey{int64(3): k})
+	tk.record(a, map[any]*Key{int64(3): k})
 	tk.forget(int64(3))
 	if _, ok := get(tk, a, int64(3)); ok {
 		t.Fatal("forgotten DEK served")
 	}
-	tk.record(nil, map[any]*ownerKey{int64(4): k})
+	tk.record(nil, map[any]*Key{int64(4): k})
 	if _, ok := get(tk, nil, int64(4)); ok {
 		t.Fatal("a nil pool was cached")
 	}
@@ -62,9 +62,9 @@ func TestTxKeysLifetimeAndBound(t *testing.T) {
 func TestTxKeysPerTransactionBound(t *testing.T) {
 	tk := newTxKeys(10, 3, time.Minute)
 	a := &sql.Tx{}
-	loaded := map[any]*ownerKey{}
+	loaded := map[any]*Key{}
 	for o := range 5 {
-		loaded[int64(o)] = &ownerKey{}
+		loaded[int64(o)] = &Key{}
 	}
 	tk.record(a, loaded)
 	served := 0
@@ -77,17 +77,17 @@ func TestTxKeysPerTransactionBound(t *testing.T) {
 		t.Fatalf("%d DEKs kept for one transaction, bound is 3", served)
 	}
 
-	off := New(Config{CacheSize: -1})
-	off.txKeys.record(a, loaded)
-	if _, ok := get(off.txKeys, a, int64(0)); ok {
+	off := New(nil, nil, nil, -1, time.Minute)
+	off.tx.record(a, loaded)
+	if _, ok := get(off.tx, a, int64(0)); ok {
 		t.Fatal("a transaction kept a DEK with the cache off")
 	}
 	runtime.KeepAlive(a)
 }
 
 // get is fill for one owner.
-func get(tk *txKeys, pool *sql.Tx, o any) (*ownerKey, bool) {
-	keys := map[any]*ownerKey{}
+func get(tk *txKeys, pool *sql.Tx, o any) (*Key, bool) {
+	keys := map[any]*Key{}
 	rest := tk.fill(pool, []any{o}, keys)
 	return keys[o], len(rest) == 0
 }
@@ -98,7 +98,7 @@ func TestTxKeysDroppedWithTransaction(t *testing.T) {
 	func() {
 		tx := &sql.Tx{}
 		tk.disable(tx)
-		tk.record(&sql.Tx{}, map[any]*ownerKey{int64(1): {}})
+		tk.record(&sql.Tx{}, map[any]*Key{int64(1): {}})
 	}()
 	deadline := time.Now().Add(5 * time.Second)
 	for {

@@ -1,0 +1,330 @@
+// Package keystore maps owners to their DEKs: it looks them up in the
+// profile table, creates the missing ones exactly once, opens them with
+// the master keys, and remembers them.
+//
+// Three layers remember DEKs, each under its own name:
+//
+//   - the owner cache: owner -> Key, shared by every statement, filled
+//     only with DEKs that are durable (read or created outside a
+//     transaction, or in one that has committed);
+//   - the opened cache: stored DEK bytes -> Key, so the same ciphertext is
+//     decrypted with the master key once (safe in any transaction: the same
+//     bytes always open to the same DEK);
+//   - the transaction keys: per transaction the caller runs, the DEKs its
+//     statements loaded, served to its later statements (see txKeys).
+//
+// What a transaction the statement itself began loads is returned as
+// pending, for the caller to Commit once that transaction has committed.
+package keystore
+
+import (
+	"cmp"
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"slices"
+	"sync/atomic"
+	"time"
+
+	"github.com/gorm-envelope/envelope/dek"
+	"github.com/gorm-envelope/envelope/internal/cache"
+	"github.com/gorm-envelope/envelope/internal/profilemeta"
+	"github.com/gorm-envelope/envelope/internal/token"
+	"golang.org/x/sync/singleflight"
+	"gorm.io/gorm"
+)
+
+// Key is one owner's DEK as the store holds it: its prepared cipher, or
+// the fact that it was shredded.
+type Key struct {
+	C        *token.Cipher
+	Shredded bool
+}
+
+// Mode is the kind of transaction a statement runs in.
+type Mode uint8
+
+const (
+	// None is autocommit: whatever is read or created is durable.
+	None Mode = iota
+	// Own is a transaction begun for the statement: its keys are pending
+	// until it commits.
+	Own
+	// Foreign is the caller's transaction: its keys are never shared, it
+	// may roll back.
+	Foreign
+)
+
+// Store is the key store of one plugin. Safe for concurrent use.
+type Store struct {
+	prof *profilemeta.Profile
+	keys *dek.Keyring // nil: no master key
+
+	owners  *cache.Cache[any, *Key]    // the owner cache
+	opened  *cache.Cache[string, *Key] // the opened cache
+	opening singleflight.Group         // concurrent opens of one stored DEK
+	tx      *txKeys                    // the transaction keys
+
+	log       *slog.Logger
+	lockTable atomic.Bool // MySQL's lock table is there (EnsureLockTable)
+}
+
+// New returns the store of the profile table prof, opening DEKs with keys
+// (nil: every lookup fails with dek.ErrNoKey). size and ttl bound each
+// layer (negative: no caching); a transaction keeps at most size DEKs.
+func New(prof *profilemeta.Profile, keys *dek.Keyring, log *slog.Logger, size int, ttl time.Duration) *Store {
+	txMax := 4096
+	if size < 0 {
+		txMax = 0
+	}
+	return &Store{
+		prof:   prof,
+		keys:   keys,
+		owners: cache.New[any, *Key](size, ttl),
+		opened: cache.New[string, *Key](size, ttl),
+		tx:     newTxKeys(txMax, size, ttl),
+		log:    log,
+	}
+}
+
+// Stats returns the owner cache's counters.
+func (s *Store) Stats() cache.Stats { return s.owners.Stats() }
+
+// Peek returns the owner's cached key without counting a hit or a miss.
+func (s *Store) Peek(owner any) (*Key, bool) { return s.owners.Peek(owner) }
+
+// Purge empties the owner and opened caches.
+func (s *Store) Purge() {
+	s.owners.Purge()
+	s.opened.Purge()
+}
+
+// Commit caches keys loaded in a transaction begun for a statement, once
+// it has committed.
+func (s *Store) Commit(pending map[any]*Key) {
+	for o, k := range pending {
+		s.owners.Put(o, k)
+	}
+}
+
+// Forget drops owner from every layer (its DEK was shredded or its
+// profile deleted), and the stored DEK bytes given.
+func (s *Store) Forget(owner any, stored ...[]byte) {
+	s.owners.Delete(owner)
+	s.tx.forget(owner)
+	for _, enc := range stored {
+		s.opened.Delete(string(enc))
+	}
+}
+
+// ForgetAll drops every owner from the owner cache and the transaction
+// keys.
+func (s *Store) ForgetAll() {
+	s.owners.Purge()
+	s.tx.forgetAll()
+}
+
+// ProfilesWritten tells the store that the caller's transaction on pool
+// wrote profile rows: it serves that transaction no key any more.
+func (s *Store) ProfilesWritten(pool gorm.ConnPool) { s.tx.disable(pool) }
+
+// Resolve returns the key of every owner: from the caches, else from one
+// IN (...) query per chunk of owners on db's own connection (so it sees
+// db's transaction). With create, owners without a DEK get one, created
+// exactly once even under concurrent writers. mode is asked only when an
+// owner misses the owner cache. Per-owner failures are in errs; err is for
+// the query. pending holds what a transaction of mode Own loaded: cache it
+// with Commit once that transaction has committed.
+func (s *Store) Resolve(db *gorm.DB, mode func() Mode, owners []any, create bool) (keys map[any]*Key, errs map[any]error, pending map[any]*Key, err error) {
+	if s.keys == nil {
+		return nil, nil, nil, dek.ErrNoKey
+	}
+	keys = make(map[any]*Key, len(owners))
+	var missing []any
+	for _, o := range owners {
+		if k, ok := s.owners.Get(o); ok {
+			keys[o] = k
+		} else {
+			missing = append(missing, o)
+		}
+	}
+	if len(missing) == 0 {
+		return keys, nil, nil, nil
+	}
+	m := mode()
+	if m == Foreign {
+		missing = s.tx.fill(db.Statement.ConnPool, missing, keys)
+	}
+	if len(missing) == 0 {
+		return keys, nil, nil, nil
+	}
+	if db.DryRun {
+		// A dry run writes nothing: encrypt under throwaway keys, never cached.
+		if !create {
+			return keys, nil, nil, nil
+		}
+		for _, o := range missing {
+			d, err := dek.NewDEK()
+			if err != nil {
+				return nil, nil, nil, err
+			}
+			keys[o] = &Key{C: token.New(d)}
+		}
+		return keys, nil, nil, nil
+	}
+
+	ctx := db.Statement.Context
+	tx := db.Session(&gorm.Session{NewDB: true})
+	if create && db.Dialector.Name() == "sqlite" {
+		// Take SQLite's write lock before reading: a transaction that reads
+		// and then writes cannot upgrade its snapshot under concurrent writers.
+		if err := LockSQLite(tx, s.prof.Table, s.prof.DEK.DBName); err != nil {
+			return nil, nil, nil, s.queryErr(err)
+		}
+	}
+	found, err := s.load(tx, missing, false)
+	if err != nil {
+		return nil, nil, nil, err
+	}
+	loaded := make(map[any]*Key, len(missing))
+	openInto := func(o any, enc []byte) {
+		if k, err := s.open(ctx, enc); err != nil {
+			errs = setErr(errs, o, err)
+		} else {
+			loaded[o] = k
+		}
+	}
+	var toCreate []any
+	for _, o := range missing {
+		enc := found[o]
+		if len(enc) == 0 {
+			if create {
+				toCreate = append(toCreate, o)
+			} else {
+				// No DEK: nothing can have been encrypted for this owner.
+				errs = setErr(errs, o, ErrNoDEK)
+			}
+			continue
+		}
+		openInto(o, enc)
+	}
+	if len(toCreate) > 0 {
+		again, err := s.createAndLoad(tx, toCreate, found, m)
+		if err != nil {
+			return nil, nil, nil, err
+		}
+		for _, o := range toCreate {
+			enc := again[o]
+			if len(enc) == 0 {
+				errs = setErr(errs, o, fmt.Errorf("%w: the owner's new DEK is not visible to this transaction (a snapshot older than another transaction's first write for the owner)", ErrConflict))
+				continue
+			}
+			openInto(o, enc)
+		}
+	}
+	if !create && len(errs) > 0 && tx.Dialector.Name() == "mysql" && m != None {
+		// MySQL's REPEATABLE READ snapshot may predate another instance's
+		// first write for an owner: a locking read sees the latest
+		// committed row. Only for owners the snapshot showed no DEK.
+		var late []any
+		for o, err := range errs {
+			if errors.Is(err, ErrNoDEK) {
+				late = append(late, o)
+			}
+		}
+		if len(late) > 0 {
+			sortOwners(late)
+			latest, err := s.load(tx, late, true)
+			if err != nil {
+				return nil, nil, nil, err
+			}
+			for _, o := range late {
+				if enc := latest[o]; len(enc) > 0 {
+					delete(errs, o)
+					openInto(o, enc)
+				}
+			}
+		}
+	}
+	switch m {
+	case Foreign:
+		s.tx.record(db.Statement.ConnPool, loaded)
+	case None:
+		s.Commit(loaded)
+	case Own:
+		pending = loaded
+	}
+	for o, k := range loaded {
+		keys[o] = k
+	}
+	return keys, errs, pending, nil
+}
+
+// open decrypts a stored DEK (or recognises a tombstone). Opened DEKs are
+// remembered by their stored bytes, and concurrent opens of the same bytes
+// share one decryption, so cold reads of one owner from many goroutines
+// make one call to the master key (a KMS).
+func (s *Store) open(ctx context.Context, enc []byte) (*Key, error) {
+	if dek.IsTombstone(enc) {
+		return &Key{Shredded: true}, nil
+	}
+	if k, ok := s.opened.Get(string(enc)); ok {
+		return k, nil
+	}
+	v, err, _ := s.opening.Do(string(enc), func() (any, error) {
+		if k, ok := s.opened.Get(string(enc)); ok {
+			return k, nil
+		}
+		k, err := s.openNow(ctx, enc)
+		if err == nil {
+			s.opened.Put(string(enc), k)
+		}
+		return k, err
+	})
+	if err != nil {
+		return nil, err
+	}
+	return v.(*Key), nil
+}
+
+func (s *Store) openNow(ctx context.Context, enc []byte) (*Key, error) {
+	d, _, err := s.keys.Open(ctx, enc)
+	if err != nil {
+		if errors.Is(err, dek.ErrDecrypt) {
+			return nil, fmt.Errorf("%w: no configured master key opens the owner's DEK", dek.ErrDecrypt)
+		}
+		return nil, err
+	}
+	c := token.New(d)
+	clear(d[:])
+	return &Key{C: c}, nil
+}
+
+func (s *Store) queryErr(err error) error {
+	return fmt.Errorf("envelope: load DEKs from %s: %w", s.prof.Table, err)
+}
+
+func sortOwners(owners []any) {
+	slices.SortFunc(owners, func(a, b any) int {
+		switch x := a.(type) {
+		case int64:
+			if y, ok := b.(int64); ok {
+				return cmp.Compare(x, y)
+			}
+		case string:
+			if y, ok := b.(string); ok {
+				return cmp.Compare(x, y)
+			}
+		}
+		return 0
+	})
+}
+
+func setErr(m map[any]error, o any, err error) map[any]error {
+	if m == nil {
+		m = map[any]error{}
+	}
+	m[o] = err
+	return m
+}
