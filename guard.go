@@ -2,12 +2,69 @@ package envelope
 
 import (
 	"fmt"
+	"reflect"
 	"strings"
 	"unicode"
 
 	"gorm.io/gorm"
 	"gorm.io/gorm/clause"
 )
+
+// guardTableWrite refuses a write by table name alone (db.Table(...) with a
+// map) that sets an encrypted column of a known model: without the model
+// there is no serializer and no owner, and the value would be stored in
+// plaintext.
+func (p *Plugin) guardTableWrite(db *gorm.DB) {
+	if _, internal := db.Get(internalKey); internal {
+		return
+	}
+	v, ok := p.tables.Load(db.Statement.Table)
+	if !ok {
+		return
+	}
+	m := v.(*modelMeta)
+	check := func(mv map[string]any) {
+		for k := range mv {
+			if ef := m.lookup(db.Statement.Table, k); ef != nil {
+				db.AddError(&FieldError{Model: m.name, Field: ef.f.Name, Err: fmt.Errorf("%w: write %s through db.Model(&%s{}) so the value can be encrypted", ErrUnsafe, db.Statement.Table, m.name)})
+				return
+			}
+		}
+	}
+	switch d := db.Statement.Dest.(type) {
+	case map[string]any:
+		check(d)
+	case *map[string]any:
+		check(*d)
+	case []map[string]any:
+		for _, mv := range d {
+			check(mv)
+		}
+	case *[]map[string]any:
+		for _, mv := range *d {
+			check(mv)
+		}
+	}
+}
+
+// checkArgType refuses an Updates argument of another struct type whose
+// field for an encrypted column is not itself tagged serializer:envelope:
+// GORM would write that field's value as it is, in plaintext.
+func (c *collector) checkArgType(v reflect.Value) {
+	v = reflect.Indirect(v)
+	if v.Kind() != reflect.Struct || v.Type() == c.db.Statement.Schema.ModelType {
+		return
+	}
+	am := c.p.metaOfType(c.db, v.Type())
+	if am == nil {
+		return
+	}
+	for _, f := range am.schema.Fields {
+		if ef := c.m.byDB[f.DBName]; ef != nil && f.DBName != "" && am.byDB[f.DBName] == nil {
+			c.fail(&FieldError{Model: c.m.name, Field: ef.f.Name, Err: fmt.Errorf("%w: %s.%s updates an encrypted column but is not tagged serializer:envelope", ErrUnsafe, am.name, f.Name)})
+		}
+	}
+}
 
 // guard refuses WHERE conditions that compare an encrypted column to a
 // value — struct and map conditions, in Where, Not and Or, and the

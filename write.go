@@ -1,0 +1,389 @@
+package envelope
+
+import (
+	"context"
+	"fmt"
+	"reflect"
+	"time"
+
+	"github.com/gorm-envelope/envelope/internal/token"
+	"gorm.io/gorm"
+	"gorm.io/gorm/schema"
+)
+
+func (p *Plugin) beforeCreate(db *gorm.DB) {
+	p.profileWrite(db)
+	m := p.statementMeta(db)
+	if m == nil {
+		return
+	}
+	if m.profile {
+		p.giveProfilesDEKs(db)
+	}
+	if len(m.fields) == 0 {
+		return
+	}
+	// Each inserted row's owner is the one it is inserted with: the
+	// statement's model (db.Model(&T{UserID: 5}).Create(...)) is not
+	// written, so it names no row's owner.
+	c := &collector{p: p, db: db, m: m, written: createWritten(db.Statement)}
+	if !c.addMaps(db.Statement.Dest) {
+		c.walk(db.Statement.ReflectValue)
+	}
+	c.onConflict()
+	c.finish()
+}
+
+func (p *Plugin) beforeUpdate(db *gorm.DB) {
+	p.profileWrite(db)
+	m := p.statementMeta(db)
+	if m == nil || len(m.fields) == 0 {
+		return
+	}
+	c := &collector{p: p, db: db, m: m}
+	c.defOwner, c.ambig = p.modelOwner(db, m, db.Statement.ReflectValue)
+	ws := c.updateSet()
+	if !c.checkUpdate(ws) {
+		c.finish()
+		return
+	}
+	if !c.addMaps(db.Statement.Dest) {
+		c.checkArgType(reflect.ValueOf(db.Statement.Dest))
+		c.written = func(f *schema.Field) bool { return ws.cols[f.DBName] }
+		c.walk(reflect.ValueOf(db.Statement.Dest))
+	}
+	c.finish()
+}
+
+// afterWrite puts back what the statement borrowed and, once a transaction
+// the statement started has committed, caches the DEKs it loaded.
+func (p *Plugin) afterWrite(db *gorm.DB) {
+	if v, ok := db.InstanceGet(restoreKey); ok {
+		r := v.(*restore)
+		db.Statement.Context = r.ctx
+		for _, e := range r.edits {
+			if e.undo != nil {
+				e.undo()
+			}
+		}
+		instanceDelete(db, restoreKey)
+		if st := r.st; st != nil {
+			if st.refusal != nil {
+				// The driver's error may describe the refused value's
+				// argument: report the plugin's own instead.
+				db.Error = st.refusal
+			}
+
+			p.endSelf(db, st)
+		}
+	}
+	if v, ok := db.InstanceGet(pendingKey); ok {
+		if db.Error == nil {
+			p.store.Commit(v.(pendingKeys))
+		}
+		instanceDelete(db, pendingKey)
+	}
+}
+
+func (p *Plugin) statementMeta(db *gorm.DB) *modelMeta {
+	if db.Error != nil {
+		return nil
+	}
+	if db.Statement.Schema == nil {
+		p.guardTableWrite(db)
+		return nil
+	}
+	m := p.metaOf(db.Statement.Schema)
+	err := m.err
+	if err == nil {
+		err = m.ownerless()
+	}
+	if err != nil {
+		db.AddError(err)
+		return nil
+	}
+	return m
+}
+
+// modelOwner returns the single owner of the statement's model value, and
+// whether it holds several.
+func (p *Plugin) modelOwner(db *gorm.DB, m *modelMeta, v reflect.Value) (owner any, ambiguous bool) {
+	v = reflect.Indirect(v)
+	switch v.Kind() {
+	case reflect.Struct:
+		if v.Type() == db.Statement.Schema.ModelType {
+			return m.ownerOf(v), false
+		}
+	case reflect.Slice, reflect.Array:
+		for i := 0; i < v.Len(); i++ {
+			o, _ := p.modelOwner(db, m, v.Index(i))
+			if o == nil {
+				continue
+			}
+			if owner != nil && owner != o {
+				return nil, true
+			}
+			owner = o
+		}
+	}
+	return owner, false
+}
+
+// collector gathers the plaintext values of one write statement.
+type collector struct {
+	p        *Plugin
+	db       *gorm.DB
+	m        *modelMeta
+	defOwner any
+	ambig    bool                     // the statement's model holds several owners
+	written  func(*schema.Field) bool // whether a field's column is written; nil: all
+	pinned   any                      // the owner the update is pinned to, if any
+	items    []item
+	self     []selfRow // self-owned rows whose id the insert assigns
+	edits    []edit
+	errs     []error
+}
+
+func (c *collector) fail(err error) { c.errs = append(c.errs, err) }
+
+func (c *collector) noOwner(m *modelMeta, f *schema.Field) {
+	why := ErrNoOwner
+	if m.owner == nil && c.defOwner == nil {
+		c.fail(fmt.Errorf("%w: model %s has no field tagged envelope:\"owner\"", ErrNoOwner, m.name))
+		return
+	}
+	if c.ambig {
+		c.fail(&FieldError{Model: m.name, Field: f.Name, Err: fmt.Errorf("%w: the statement's rows belong to several owners", why)})
+		return
+	}
+	c.fail(&FieldError{Model: m.name, Field: f.Name, Err: fmt.Errorf("%w: owner is zero", why)})
+}
+
+// walk collects every encrypted field of every struct in v.
+func (c *collector) walk(v reflect.Value) {
+	v = reflect.Indirect(v)
+	switch v.Kind() {
+	case reflect.Slice, reflect.Array:
+		if c.items == nil {
+			c.items = make([]item, 0, v.Len()*len(c.m.fields))
+		}
+		for i := 0; i < v.Len(); i++ {
+			c.walk(v.Index(i))
+		}
+	case reflect.Struct:
+		m := c.m
+		if v.Type() != c.db.Statement.Schema.ModelType {
+			m = c.p.metaOfType(c.db, v.Type())
+			if m == nil {
+				return
+			}
+			if m.err != nil {
+				c.fail(m.err)
+				return
+			}
+		}
+		if len(m.fields) == 0 {
+			return
+		}
+		owner := m.ownerOf(v)
+		if owner == nil {
+			owner = c.defOwner
+		}
+		var self *selfRow
+		if owner == nil && c.deferSelf(m, v) {
+			c.self = append(c.self, selfRow{m: m, v: v})
+			self = &c.self[len(c.self)-1]
+		}
+		base := m.base(v)
+		for i := range m.fields {
+			ef := &m.fields[i]
+			if c.written != nil && !c.written(ef.f) {
+				continue
+			}
+			var plain string
+			var isNil bool
+			var addr uintptr
+			if base != nil && ef.direct {
+				plain, isNil = ef.plainAt(base)
+				addr = uintptr(base) + ef.off
+			} else {
+				fv, ok := fieldValue(ef.f, v)
+				if !ok {
+					continue
+				}
+				plain, isNil = plainOfValue(fv, ef.kind)
+				addr = addrOf(fv)
+			}
+			if isNil {
+				continue
+			}
+			if self != nil {
+				self.vals = append(self.vals, selfVal{ef: ef, plain: plain, addr: addr})
+				continue
+			}
+			if owner == nil {
+				c.noOwner(m, ef.f)
+				return
+			}
+			c.items = append(c.items, item{owner: owner, m: m, f: ef.f, plain: plain, addr: addr})
+		}
+	}
+}
+
+func plainOfValue(fv reflect.Value, k valueKind) (string, bool) {
+	switch k {
+	case kindString:
+		return fv.String(), false
+	case kindStringPtr:
+		if fv.IsNil() {
+			return "", true
+		}
+		return fv.Elem().String(), false
+	case kindBytes:
+		if fv.IsNil() {
+			return "", true
+		}
+		return string(fv.Bytes()), false
+	}
+	return "", true
+}
+
+func addrOf(fv reflect.Value) uintptr {
+	if fv.CanAddr() {
+		return fv.UnsafeAddr()
+	}
+	return 0
+}
+
+// finish resolves the owners' DEKs, starts encrypting every collected value
+// and installs them for the serializer. On any error it adds one error to
+// the statement, so nothing is written.
+func (c *collector) finish() {
+	db := c.db
+	if len(c.errs) > 0 {
+		db.AddError(join(c.errs))
+		return
+	}
+	if len(c.items) == 0 {
+		if len(c.self) > 0 || c.pinned != nil {
+			c.install(&writeState{p: c.p, db: db, m: c.m, defOwner: c.defOwner})
+		}
+		return
+	}
+	owners := distinctOwners(c.items)
+	keys, kerrs, err := c.p.resolve(db, owners, true)
+	if err != nil {
+		db.AddError(err)
+		return
+	}
+	// Every value gets its own token (random IV), so equal plaintexts do
+	// not show as equal tokens. Errors are reported once per owner and
+	// field.
+	ciphers := make([]*token.Cipher, len(c.items))
+	type failKey struct {
+		owner any
+		f     *schema.Field
+	}
+	var failed map[failKey]bool
+	var lastOwner any
+	var k *ownerKey
+	var kerr error
+	for i := range c.items {
+		it := &c.items[i]
+		if i == 0 || it.owner != lastOwner {
+			lastOwner, k, kerr = it.owner, keys[it.owner], kerrs[it.owner]
+		}
+		if kerr == nil && (k == nil || k.Shredded) {
+			kerr = ErrShredded
+		}
+		if kerr != nil {
+			fk := failKey{it.owner, it.f}
+			if !failed[fk] {
+				if failed == nil {
+					failed = map[failKey]bool{}
+				}
+				failed[fk] = true
+				c.fail(&FieldError{Model: it.m.name, Field: it.f.Name, Owner: it.owner, Err: kerr})
+			}
+			continue
+		}
+		ciphers[i] = k.C
+	}
+	if len(c.errs) > 0 {
+		db.AddError(join(c.errs))
+		return
+	}
+	// Sealing starts now, on other cores for a large statement, and the
+	// serializer waits only for the values it is asked for.
+	sl, err := newSealer(c.items, ciphers, time.Now().Unix())
+	if err != nil {
+		db.AddError(err)
+		return
+	}
+	sl.start()
+	c.install(&writeState{p: c.p, db: db, m: c.m, defOwner: c.defOwner, items: c.items, sealer: sl})
+}
+
+// install puts the write state in the statement's context for the
+// serializer, replaces the map and clause values collected, and prepares
+// the self-owned rows' sealing after the insert.
+func (c *collector) install(st *writeState) {
+	db := c.db
+	if len(c.self) > 0 && !c.beginSelf(st) {
+		return
+	}
+	r := &restore{ctx: db.Statement.Context}
+	db.Statement.Context = context.WithValue(db.Statement.Context, stateKey{}, st)
+	for _, e := range c.edits {
+		if e.put != nil {
+			v, _ := e.f.ValueOf(db.Statement.Context, e.tmp)
+			e.put(v)
+		}
+	}
+	r.edits = c.edits
+	st.pinned = c.pinned
+	r.st = st
+	db.InstanceSet(restoreKey, r)
+}
+
+func distinctOwners(items []item) []any {
+	seen := make(map[any]struct{})
+	var out []any
+	for _, it := range items {
+		if _, ok := seen[it.owner]; !ok {
+			seen[it.owner] = struct{}{}
+			out = append(out, it.owner)
+		}
+	}
+	return out
+}
+
+// item is one plaintext a statement writes.
+type item struct {
+	owner any
+	m     *modelMeta
+	f     *schema.Field
+	plain string
+	addr  uintptr // the address of the field holding it; 0 if none
+}
+
+// edit is a map entry or clause value replaced by a serializer value for
+// the statement and put back afterwards.
+type edit struct {
+	f    *schema.Field
+	tmp  reflect.Value // a model value holding the plaintext and owner
+	put  func(any)
+	undo func()
+}
+
+type restore struct {
+	ctx   context.Context
+	edits []edit
+	st    *writeState
+}
+
+const restoreKey = "envelope:restore"
+
+// internalKey marks the plugin's own statements that write tokens by table
+// name (EncryptExisting).
+const internalKey = "envelope:internal"
