@@ -29,6 +29,6 @@ func SetPipelineForTest(on bool) func() {
 
 // PipelineInContext reports whether ctx still holds a query's pipeline.
 func PipelineInContext(ctx context.Context) bool {
-	_, ok := ctx.Value(readKey{}).(*readState)
-	return ok
+	ss := stateIn(ctx)
+	return ss != nil && ss.read != nil
 }

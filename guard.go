@@ -15,7 +15,7 @@ import (
 // there is no serializer and no owner, and the value would be stored in
 // plaintext.
 func (p *Plugin) guardTableWrite(db *gorm.DB) {
-	if _, internal := db.Get(internalKey); internal {
+	if isInternal(db) {
 		return
 	}
 	v, ok := p.tables.Load(db.Statement.Table)

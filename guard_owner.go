@@ -180,10 +180,11 @@ func (c *collector) pin(owner any) {
 // no-op the caller meant, so it is refused (and GORM's transaction, with
 // any DEK the statement created, rolled back).
 func (p *Plugin) checkPinned(db *gorm.DB) {
-	st, _ := db.Statement.Context.Value(stateKey{}).(*writeState)
-	if st == nil || st.db.Statement != db.Statement || st.pinned == nil || db.Error != nil || db.RowsAffected != 0 {
+	ss := stateOf(db)
+	if ss == nil || ss.write == nil || ss.write.pinned == nil || db.Error != nil || db.RowsAffected != 0 {
 		return
 	}
+	st := ss.write
 	stmt := db.Statement
 	rv := reflect.Indirect(stmt.ReflectValue)
 	if rv.Kind() != reflect.Struct || rv.Type() != st.m.schema.ModelType || len(stmt.Schema.PrimaryFields) != 1 {

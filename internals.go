@@ -1,7 +1,6 @@
 package envelope
 
 import (
-	"fmt"
 	"log/slog"
 	"reflect"
 	"runtime"
@@ -20,18 +19,14 @@ import (
 // on a statement for which it began a transaction.
 const gormStartedTx = "gorm:started_transaction"
 
-// startedKey is the plugin's own mark of a transaction it began for a
-// statement (self-owned rows with SkipDefaultTransaction).
-const startedKey = "envelope:started_transaction"
-
 // startedTx reports whether a transaction was begun for this statement
 // alone, by GORM or by the plugin.
 func startedTx(db *gorm.DB) bool {
 	if _, ok := db.InstanceGet(gormStartedTx); ok {
 		return true
 	}
-	_, ok := db.InstanceGet(startedKey)
-	return ok
+	ss := stateOf(db)
+	return ss != nil && ss.started
 }
 
 // convertingArgs reports whether the serializer's Value is being called by
@@ -105,13 +100,6 @@ func gormSerializer(v any) (dest reflect.Value, f *schema.Field, ok bool) {
 	dest, _ = e.FieldByName("Destination").Interface().(reflect.Value)
 	f, _ = e.FieldByName("Field").Interface().(*schema.Field)
 	return dest, f, f != nil && dest.IsValid()
-}
-
-// instanceDelete removes what db.InstanceSet(key, ...) stored: GORM has no
-// call for it, and keeps instance values in Statement.Settings under the
-// statement's address followed by the key.
-func instanceDelete(db *gorm.DB, key string) {
-	db.Statement.Settings.Delete(fmt.Sprintf("%p", db.Statement) + key)
 }
 
 // structIndex reads one step of a schema.Field's StructField.Index: GORM

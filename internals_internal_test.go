@@ -200,19 +200,6 @@ func TestTripwireConflictCodes(t *testing.T) {
 	}
 }
 
-// instanceDelete removes an instance value the way GORM stores it.
-func TestTripwireInstanceDelete(t *testing.T) {
-	db := testdb.Open(t, testdb.SQLite).Where("1 = 1") // one statement, not a new one per call
-	db.InstanceSet("envelope:tripwire", 1)
-	if _, ok := db.InstanceGet("envelope:tripwire"); !ok {
-		t.Fatal("InstanceSet did not store")
-	}
-	instanceDelete(db, "envelope:tripwire")
-	if _, ok := db.InstanceGet("envelope:tripwire"); ok {
-		t.Fatal("GORM's instance key format changed: see internals.go")
-	}
-}
-
 // GORM marks a step through an embedded pointer with a negative index.
 func TestTripwireEmbeddedPointerIndex(t *testing.T) {
 	type Inner struct{ Secret string }

@@ -12,8 +12,6 @@ import (
 // ownerKey is one owner's DEK as the key store holds it.
 type ownerKey = keystore.Key
 
-const pendingKey = "envelope:pending"
-
 // pendingKeys are DEKs loaded or created inside a transaction this
 // statement began: cached only once it commits.
 type pendingKeys map[any]*ownerKey
@@ -34,14 +32,12 @@ func modeOf(db *gorm.DB) keystore.Mode {
 func (p *Plugin) resolve(db *gorm.DB, owners []any, create bool) (map[any]*ownerKey, map[any]error, error) {
 	keys, errs, pending, err := p.store.Resolve(db, func() keystore.Mode { return modeOf(db) }, owners, create)
 	if len(pending) > 0 {
-		v, _ := db.InstanceGet(pendingKey)
-		pk, _ := v.(pendingKeys)
-		if pk == nil {
-			pk = pendingKeys{}
-			db.InstanceSet(pendingKey, pk)
+		ss := ensureState(db)
+		if ss.pending == nil {
+			ss.pending = pendingKeys{}
 		}
 		for o, k := range pending {
-			pk[o] = k
+			ss.pending[o] = k
 		}
 	}
 	return keys, errs, err

@@ -143,7 +143,7 @@ func EncryptExisting(ctx context.Context, db *gorm.DB, model any, opts MigrateOp
 			}
 			for _, r := range recs {
 				set := map[string]any{}
-				where := tx.Table(table).Where(clause.Eq{Column: clause.Column{Name: pk}, Value: r.id})
+				where := internal(tx).Table(table).Where(clause.Eq{Column: clause.Column{Name: pk}, Value: r.id})
 				for i, v := range r.vals {
 					if v == nil || *v == "" {
 						res.Skipped++
@@ -175,7 +175,7 @@ func EncryptExisting(ctx context.Context, db *gorm.DB, model any, opts MigrateOp
 				if len(set) == 0 {
 					continue
 				}
-				upd := where.Set(internalKey, true).UpdateColumns(set)
+				upd := where.UpdateColumns(set)
 				if upd.Error != nil {
 					return upd.Error
 				}

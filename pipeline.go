@@ -1,7 +1,6 @@
 package envelope
 
 import (
-	"context"
 	"reflect"
 	"runtime"
 	"sync"
@@ -28,8 +27,6 @@ import (
 
 // pipeRows is the number of rows in one batch handed to a worker.
 const pipeRows = 256
-
-type readKey struct{}
 
 // pipelineOn switches the pipeline (tests compare results without it).
 var pipelineOn = true
@@ -59,7 +56,6 @@ type readState struct {
 	p       *Plugin
 	m       *modelMeta
 	stmt    *gorm.Statement
-	parent  context.Context
 	nf      int
 	next    int          // the field index expected next
 	ptrType reflect.Type // *Model: what GORM scans each row into
@@ -99,18 +95,18 @@ func (p *Plugin) beforeQuery(db *gorm.DB) {
 	if !pipelineOn || m.err != nil || len(m.fields) == 0 || m.owner == nil || !m.allDirect || runtime.GOMAXPROCS(0) < 2 {
 		return
 	}
-	rs := &readState{p: p, m: m, stmt: stmt, parent: stmt.Context, nf: len(m.fields), ptrType: reflect.PointerTo(m.schema.ModelType)}
-	stmt.Context = context.WithValue(stmt.Context, readKey{}, rs)
+	ensureState(db).read = &readState{p: p, m: m, stmt: stmt, nf: len(m.fields), ptrType: reflect.PointerTo(m.schema.ModelType)}
 }
 
-// endPipeline removes the statement's pipeline from its context and waits
+// endPipeline takes the statement's pipeline out of its state and waits
 // for its workers; nil when the statement has none.
-func endPipeline(stmt *gorm.Statement) *readState {
-	rs, _ := stmt.Context.Value(readKey{}).(*readState)
-	if rs == nil || rs.stmt != stmt {
+func endPipeline(db *gorm.DB) *readState {
+	ss := stateOf(db)
+	if ss == nil || ss.read == nil {
 		return nil
 	}
-	stmt.Context = rs.parent
+	rs := ss.read
+	ss.read = nil
 	if rs.ch != nil {
 		// A large result: its last rows make one more batch, and this
 		// goroutine helps the workers finish rather than wait for them.

@@ -1,7 +1,6 @@
 package envelope
 
 import (
-	"context"
 	"errors"
 	"reflect"
 	"runtime"
@@ -20,7 +19,7 @@ import (
 func (p *Plugin) afterQuery(db *gorm.DB) {
 	stmt := db.Statement
 	sinkFor(db) // before the preloads run, whatever this statement reads
-	rs := endPipeline(stmt)
+	rs := endPipeline(db)
 	defer rs.release()
 	// Nothing was scanned (no row, or the statement was refused before any
 	// SQL): the destination holds only what the caller put there.
@@ -112,15 +111,14 @@ func (p *Plugin) afterQuery(db *gorm.DB) {
 	p.decryptTargets(db, targets, owners)
 }
 
-// afterPreload adds the errors the statement's sink collected.
+// afterPreload is the query's last hook: it ends the statement's state and
+// adds the errors the statement's own sink collected.
 func (p *Plugin) afterPreload(db *gorm.DB) {
-	v, ok := db.InstanceGet(readErrKey)
-	if !ok {
+	ss := endState(db)
+	if ss == nil || !ss.ownSink {
 		return
 	}
-	instanceDelete(db, readErrKey)
-	sink := v.(*preloadSink)
-	db.Statement.Context = sink.ctx
+	sink := ss.sink
 	sink.mu.Lock()
 	defer sink.mu.Unlock()
 	if err := join(sink.errs); err != nil {
@@ -302,19 +300,12 @@ func merge[V any](a, b map[any]V) map[any]V {
 	return a
 }
 
-// readErrKey marks a statement whose preloads collect their read errors
-// in its preloadSink.
-const readErrKey = "envelope:read_error"
-
 // preloadSink collects the read errors of a statement and of the preload
 // statements GORM runs for it, which inherit its context.
 type preloadSink struct {
 	mu   sync.Mutex
 	errs []error
-	ctx  context.Context // the statement's context before the sink
 }
-
-type preloadSinkKey struct{}
 
 // readErr reports the statement's decryption error. A statement with
 // preloads, and each preload statement of it, hands its error to the
@@ -338,12 +329,13 @@ func readErr(db *gorm.DB, err error) {
 // the statement it preloads for, or its own if it has preloads; nil if
 // neither.
 func sinkFor(db *gorm.DB) *preloadSink {
-	stmt := db.Statement
-	sink, _ := stmt.Context.Value(preloadSinkKey{}).(*preloadSink)
-	if sink == nil && len(stmt.Preloads) > 0 {
-		sink = &preloadSink{ctx: stmt.Context}
-		stmt.Context = context.WithValue(stmt.Context, preloadSinkKey{}, sink)
-		db.InstanceSet(readErrKey, sink)
+	if ss := stateIn(db.Statement.Context); ss != nil && ss.sink != nil {
+		return ss.sink
 	}
-	return sink
+	if len(db.Statement.Preloads) == 0 {
+		return nil
+	}
+	ss := ensureState(db)
+	ss.sink, ss.ownSink = &preloadSink{}, true
+	return ss.sink
 }

@@ -90,7 +90,7 @@ func (c *collector) beginSelf(st *writeState) bool {
 		}
 		st.selfTx = &selfTx{tx: tx, pool: db.Statement.ConnPool}
 		db.Statement.ConnPool = tx.Statement.ConnPool
-		db.InstanceSet(startedKey, true)
+		ensureState(db).started = true
 	}
 	return true
 }
@@ -114,10 +114,11 @@ func (st *writeState) placeholder(field *schema.Field, dst reflect.Value) (any, 
 // sealSelf runs right after the insert: it gives each new id a DEK and
 // writes the row's tokens.
 func (p *Plugin) sealSelf(db *gorm.DB) {
-	st, _ := db.Statement.Context.Value(stateKey{}).(*writeState)
-	if st == nil || st.db.Statement != db.Statement || len(st.self) == 0 || db.Error != nil {
-		return // not this statement's state: a statement run from inside it
+	ss := stateOf(db)
+	if ss == nil || ss.write == nil || len(ss.write.self) == 0 || db.Error != nil {
+		return
 	}
+	st := ss.write
 	var owners []any
 	seen := map[any]bool{}
 	for _, r := range st.self {
@@ -136,7 +137,7 @@ func (p *Plugin) sealSelf(db *gorm.DB) {
 		db.AddError(err)
 		return
 	}
-	base := db.Session(&gorm.Session{NewDB: true}).Set(internalKey, true).Session(&gorm.Session{})
+	base := internal(db) // a new statement for each chain
 	for _, r := range st.self {
 		if len(r.vals) == 0 {
 			continue

@@ -22,7 +22,10 @@ type Serializer struct{}
 
 // Scan stores the raw column value (a token, or NULL) in the field.
 func (Serializer) Scan(ctx context.Context, field *schema.Field, dst reflect.Value, dbValue any) error {
-	rs, _ := ctx.Value(readKey{}).(*readState)
+	var rs *readState
+	if ss := stateIn(ctx); ss != nil {
+		rs = ss.read
+	}
 	if rs != nil && rs.scan(field, dst, dbValue) {
 		return nil
 	}
@@ -90,7 +93,10 @@ func setRaw(fv reflect.Value, field *schema.Field, s string, b []byte) (string, 
 // message names the argument's position alone, and otherwise a value that
 // no database stores (see refuse).
 func (Serializer) Value(ctx context.Context, field *schema.Field, dst reflect.Value, value any) (any, error) {
-	st, _ := ctx.Value(stateKey{}).(*writeState)
+	var st *writeState
+	if ss := stateIn(ctx); ss != nil {
+		st = ss.write
+	}
 	plain, isNil, ok := plainOf(value)
 	if !ok {
 		return refuse(st, fmt.Errorf("%w: %s.%s: unsupported value type %T", ErrUnsafe, field.Schema.Name, field.Name, value))

@@ -1,7 +1,6 @@
 package envelope
 
 import (
-	"context"
 	"fmt"
 	"reflect"
 	"time"
@@ -58,30 +57,25 @@ func (p *Plugin) beforeUpdate(db *gorm.DB) {
 // afterWrite puts back what the statement borrowed and, once a transaction
 // the statement started has committed, caches the DEKs it loaded.
 func (p *Plugin) afterWrite(db *gorm.DB) {
-	if v, ok := db.InstanceGet(restoreKey); ok {
-		r := v.(*restore)
-		db.Statement.Context = r.ctx
-		for _, e := range r.edits {
-			if e.undo != nil {
-				e.undo()
-			}
-		}
-		instanceDelete(db, restoreKey)
-		if st := r.st; st != nil {
-			if st.refusal != nil {
-				// The driver's error may describe the refused value's
-				// argument: report the plugin's own instead.
-				db.Error = st.refusal
-			}
-
-			p.endSelf(db, st)
+	ss := endState(db)
+	if ss == nil {
+		return
+	}
+	for _, e := range ss.edits {
+		if e.undo != nil {
+			e.undo()
 		}
 	}
-	if v, ok := db.InstanceGet(pendingKey); ok {
-		if db.Error == nil {
-			p.store.Commit(v.(pendingKeys))
+	if st := ss.write; st != nil {
+		if st.refusal != nil {
+			// The driver's error may describe the refused value's
+			// argument: report the plugin's own instead.
+			db.Error = st.refusal
 		}
-		instanceDelete(db, pendingKey)
+		p.endSelf(db, st)
+	}
+	if db.Error == nil {
+		p.store.Commit(ss.pending)
 	}
 }
 
@@ -332,18 +326,15 @@ func (c *collector) install(st *writeState) {
 	if len(c.self) > 0 && !c.beginSelf(st) {
 		return
 	}
-	r := &restore{ctx: db.Statement.Context}
-	db.Statement.Context = context.WithValue(db.Statement.Context, stateKey{}, st)
+	ss := ensureState(db)
+	ss.write, ss.edits = st, c.edits
 	for _, e := range c.edits {
 		if e.put != nil {
 			v, _ := e.f.ValueOf(db.Statement.Context, e.tmp)
 			e.put(v)
 		}
 	}
-	r.edits = c.edits
 	st.pinned = c.pinned
-	r.st = st
-	db.InstanceSet(restoreKey, r)
 }
 
 func distinctOwners(items []item) []any {
@@ -375,15 +366,3 @@ type edit struct {
 	put  func(any)
 	undo func()
 }
-
-type restore struct {
-	ctx   context.Context
-	edits []edit
-	st    *writeState
-}
-
-const restoreKey = "envelope:restore"
-
-// internalKey marks the plugin's own statements that write tokens by table
-// name (EncryptExisting).
-const internalKey = "envelope:internal"

@@ -8,8 +8,6 @@ import (
 	"gorm.io/gorm/schema"
 )
 
-type stateKey struct{}
-
 // writeState is what a statement's serializer Value calls read: the values
 // the before-write callback collected and the sealer encrypting them. It
 // lives in the statement's context.
