@@ -5,7 +5,6 @@ import (
 	"reflect"
 	"runtime"
 	"sync"
-	"unsafe"
 
 	"github.com/gorm-envelope/envelope/internal/token"
 )
@@ -94,7 +93,7 @@ func stored(fv reflect.Value, k valueKind) string {
 		}
 	case kindBytes:
 		if b := fv.Bytes(); len(b) > 0 {
-			return unsafe.String(&b[0], len(b))
+			return bytesString(b)
 		}
 	}
 	return ""
@@ -204,9 +203,9 @@ func (p *Plugin) decryptTarget(t target, keys map[any]*ownerKey, kerrs map[any]e
 		}
 		switch ef.kind {
 		case kindString:
-			fv.SetString(unsafe.String(unsafe.SliceData(msg), len(msg)))
+			fv.SetString(bytesString(msg))
 		case kindStringPtr:
-			s := unsafe.String(unsafe.SliceData(msg), len(msg))
+			s := bytesString(msg)
 			fv.Set(reflect.ValueOf(&s))
 		case kindBytes:
 			fv.SetBytes(msg)

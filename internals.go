@@ -53,7 +53,7 @@ func convertingArgs() bool {
 	}
 }
 
-var refusalLogged sync.Map // error text -> struct{}
+var refusalLogged sync.Map
 
 // logRefusal logs, once per message, a write refused on a *gorm.DB without
 // the plugin: its error may only reach the app as a driver's error.

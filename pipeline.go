@@ -5,7 +5,6 @@ import (
 	"runtime"
 	"sync"
 	"sync/atomic"
-	"unsafe"
 
 	"github.com/gorm-envelope/envelope/internal/token"
 	"gorm.io/gorm"
@@ -150,7 +149,7 @@ func (rs *readState) scan(field *schema.Field, dst reflect.Value, dbValue any) b
 	default:
 		return false
 	}
-	*(*string)(unsafe.Add(dst.UnsafePointer(), rs.m.fields[j].off)) = tok
+	setStringAt(dst.UnsafePointer(), rs.m.fields[j].off, tok)
 	rs.record(j, dst, tok)
 	return true
 }
@@ -372,7 +371,7 @@ func (rs *readState) apply(r int, v reflect.Value) int {
 	for j := range items {
 		it := &items[j]
 		txt := rs.m.fields[j].textAt(base)
-		if len(txt) != len(it.tok) || (txt != "" && unsafe.StringData(txt) != unsafe.StringData(it.tok)) {
+		if !sameString(txt, it.tok) {
 			return -1
 		}
 		if txt == "" {
@@ -407,7 +406,7 @@ func (a *arena) decrypt(c *token.Cipher, tok string, left int) ([]byte, error) {
 		a.buf = make([]byte, 0, max(min(need*left, arenaChunk), need))
 	}
 	start := len(a.buf)
-	out, err := c.AppendDecrypt(a.buf, unsafe.Slice(unsafe.StringData(tok), len(tok)))
+	out, err := c.AppendDecrypt(a.buf, stringBytes(tok))
 	if err != nil {
 		return nil, err
 	}

@@ -5,7 +5,6 @@ import (
 	"fmt"
 	"runtime"
 	"sync/atomic"
-	"unsafe"
 
 	"github.com/gorm-envelope/envelope/internal/token"
 )
@@ -152,13 +151,13 @@ func (s *sealer) seal(c int) {
 		iv := (*[token.IVSize]byte)(s.ivs[i*token.IVSize:])
 		start := len(buf)
 		var err error
-		buf, err = s.ciphers[i].AppendEncryptIV(buf, unsafe.Slice(unsafe.StringData(plain), len(plain)), s.ts, iv)
+		buf, err = s.ciphers[i].AppendEncryptIV(buf, stringBytes(plain), s.ts, iv)
 		clear(iv[:])
 		if err != nil {
 			err = fmt.Errorf("envelope: encrypt: %w", err)
 			s.err.CompareAndSwap(nil, &err)
 			return
 		}
-		s.toks[i] = unsafe.String(&buf[start], len(buf)-start)
+		s.toks[i] = bytesString(buf[start:])
 	}
 }

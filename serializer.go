@@ -4,7 +4,6 @@ import (
 	"context"
 	"fmt"
 	"reflect"
-	"unsafe"
 
 	"gorm.io/gorm/schema"
 )
@@ -78,7 +77,7 @@ func setRaw(fv reflect.Value, field *schema.Field, s string, b []byte) (string, 
 		if len(b) == 0 {
 			return "", nil
 		}
-		return unsafe.String(&b[0], len(b)), nil
+		return bytesString(b), nil
 	}
 	return "", fmt.Errorf("envelope: %s.%s: serializer:envelope supports string, *string and []byte, not %s", field.Schema.Name, field.Name, field.FieldType)
 }
