@@ -49,17 +49,17 @@ type Config struct {
 	// negative size turns off too.
 	CacheSize int
 
+	// CacheTTL bounds how long a DEK stays in memory (default
+	// [DefaultCacheTTL]; negative disables the cache). It is also how long
+	// another process may go on using a DEK after [Shred].
+	CacheTTL time.Duration
+
 	// AcceptPlaintext lets reads return a value of an encrypted column that
 	// is not a token as it is, for the window while [EncryptExisting]
 	// encrypts a table that held plaintext. Such reads are counted
 	// ([Plugin.PlaintextReads]) and the first is logged. Off by default:
 	// a value that is not a token fails with [ErrDecrypt].
 	AcceptPlaintext bool
-
-	// CacheTTL bounds how long a DEK stays in memory (default
-	// [DefaultCacheTTL]; negative disables the cache). It is also how long
-	// another process may go on using a DEK after [Shred].
-	CacheTTL time.Duration
 }
 
 // Plugin is the GORM plugin. Create it with [New] and register it with

@@ -14,6 +14,14 @@ import (
 
 // onConflict encrypts plain values in OnConflict DoUpdates assignments and
 // refuses assignments that would copy a plain column into an encrypted one.
+//
+// Why it rewrites the clause: GORM renders DO UPDATE assignments without
+// the serializer, so a literal would be sent, and stored, as plaintext.
+// The hook replaces the statement's ON CONFLICT clause with a copy whose
+// literal values are serializer values sealed for the statement's owner
+// (checkUpsert has made sure the row they land in is that owner's), and
+// afterWrite puts the caller's clause back, so the *gorm.DB the caller
+// keeps never holds tokens.
 func (c *collector) onConflict() {
 	cl, ok := c.db.Statement.Clauses["ON CONFLICT"]
 	if !ok {

@@ -45,6 +45,16 @@ func (st *writeState) refuse(err error) {
 // fv in the struct dst. A value is found by its field's address, and only
 // if it is still the same column, plaintext and owner; else by column,
 // owner and plaintext.
+//
+// Why by address: GORM hands Value the field's value, not the item the
+// before-write hook collected, and equal plaintexts of one owner in one
+// statement must still get tokens of their own (each its own IV), so the
+// value alone does not say which token is its. The field's address does,
+// for every struct GORM reads in place (the rows of Create and Save, the
+// argument of Updates); it is checked against the column, plaintext and
+// owner, so a field changed since (a hook, an association) is never given
+// another value's token. What GORM copies (map values, clause values, the
+// struct of Updates(T{...})) has no stable address and is matched by value.
 func (st *writeState) token(field *schema.Field, dst reflect.Value, plain string) (string, any, bool, error) {
 	r := reflect.Indirect(dst)
 	if a := st.fieldAddr(field, r); a != 0 {
