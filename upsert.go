@@ -427,29 +427,3 @@ func (c *collector) cannotConflict(oc clause.OnConflict) bool {
 	}
 	return len(cols) == 0 || slices.Equal(cols, stmt.Schema.PrimaryFieldDBNames)
 }
-
-// pkLeftToDB reports whether every row the statement inserts leaves its
-// single, auto-incremented primary key to the database.
-func pkLeftToDB(stmt *gorm.Statement) bool {
-	pf := stmt.Schema.PrioritizedPrimaryField
-	if pf == nil || len(stmt.Schema.PrimaryFields) != 1 || !pf.AutoIncrement {
-		return false
-	}
-	rv := reflect.Indirect(stmt.ReflectValue)
-	zero := func(v reflect.Value) bool {
-		_, z := pf.ValueOf(stmt.Context, reflect.Indirect(v))
-		return z
-	}
-	switch rv.Kind() {
-	case reflect.Struct:
-		return zero(rv)
-	case reflect.Slice, reflect.Array:
-		for i := 0; i < rv.Len(); i++ {
-			if !zero(rv.Index(i)) {
-				return false
-			}
-		}
-		return true
-	}
-	return false
-}
