@@ -6,7 +6,6 @@ require (
 	github.com/fernet/fernet-go v0.0.0-20240119011108-303da6aec611
 	github.com/go-sql-driver/mysql v1.8.1
 	github.com/rogpeppe/go-internal v1.16.0
-	github.com/segmentio/asm v1.2.1
 	golang.org/x/sync v0.17.0
 	golang.org/x/sys v0.38.0
 	golang.org/x/term v0.37.0

@@ -252,7 +252,7 @@ func (c *Cipher) open(dst, tok []byte) ([]byte, error) {
 	}
 	s := getScratch(b64DecodeBuf(len(tok)))
 	defer putScratch(s)
-	n, ok := b64DecodeFast(s.buf, tok)
+	n, ok := b64Decode(s.buf, tok)
 	if !ok || n < overhead+blockSize || (n-overhead)%blockSize != 0 {
 		return dst, ErrInvalid
 	}
