@@ -4,7 +4,11 @@
 // A Cipher holds the state prepared from one 32-byte Fernet key (the expanded
 // AES key schedule and the HMAC-SHA256 states after absorbing the padded
 // signing key) and is safe for concurrent use. Per-call scratch memory comes
-// from a pool, so Encrypt and Decrypt allocate only the slice they return.
+// from pools, so Encrypt and Decrypt allocate only the slice they return.
+//
+// AES-CBC is crypto/cipher's CBC over crypto/aes: under GODEBUG=fips140=on
+// that is the FIPS 140-3 module's approved AES-CBC, where AES applied one
+// block at a time (ECB) is not.
 package token
 
 import (
@@ -55,9 +59,33 @@ type Cipher struct {
 	// (signing key ^ opad): restoring them skips two compression rounds
 	// and the key setup per HMAC.
 	inner, outer []byte
-	// AES-128 round keys for the assembly CBC loops (hasAESNI only):
-	// encryption, and the equivalent inverse cipher's for decryption.
-	enc, dec [11 * blockSize]byte
+	// CBC modes over block (*cbcModes), re-aimed at each token's IV: a
+	// mode copies the key schedule when it is made, so making one per
+	// call would cost an allocation and the copy.
+	modes sync.Pool
+}
+
+// cbcModes is one encrypter and one decrypter of crypto/cipher's CBC.
+type cbcModes struct{ enc, dec cipher.BlockMode }
+
+// ivSetter is how crypto/cipher's CBC modes take a new IV (crypto/tls reuses
+// them the same way). A mode without it is made afresh for each call.
+type ivSetter interface{ SetIV(iv []byte) }
+
+// cbc runs CBC encryption or decryption of src into dst under iv.
+func (c *Cipher) cbc(decrypt bool, dst, src, iv []byte) {
+	m := c.modes.Get().(*cbcModes)
+	mode, newMode := m.enc, cipher.NewCBCEncrypter
+	if decrypt {
+		mode, newMode = m.dec, cipher.NewCBCDecrypter
+	}
+	if s, ok := mode.(ivSetter); ok {
+		s.SetIV(iv)
+	} else {
+		mode = newMode(c.block, iv)
+	}
+	mode.CryptBlocks(dst, src)
+	c.modes.Put(m)
 }
 
 // sha256State is what the pooled hash must offer to restore a saved state.
@@ -105,8 +133,9 @@ func New(key [KeySize]byte) *Cipher {
 		inner: padState(key[:16], 0x36),
 		outer: padState(key[:16], 0x5c),
 	}
-	if hasAESNI {
-		expandKey128(&key[16], &c.enc[0], &c.dec[0])
+	c.modes.New = func() any {
+		iv := make([]byte, blockSize)
+		return &cbcModes{cipher.NewCBCEncrypter(block, iv), cipher.NewCBCDecrypter(block, iv)}
 	}
 	return c
 }
@@ -201,17 +230,7 @@ func (c *Cipher) seal(dst, msg []byte, ts int64, iv *[blockSize]byte) ([]byte, e
 	for i := len(msg); i < padded; i++ {
 		ct[i] = p
 	}
-	if hasAESNI {
-		cbcEncrypt(&c.enc[0], &ct[0], &raw[ivOff], padded/blockSize)
-	} else {
-		prev := raw[ivOff:ctOff]
-		for i := 0; i < padded; i += blockSize {
-			blk := ct[i : i+blockSize]
-			xor16(blk, prev)
-			c.block.Encrypt(blk, blk)
-			prev = blk
-		}
-	}
+	c.cbc(false, ct, ct, raw[ivOff:ctOff])
 
 	c.mac(s, raw[:n-macSize])
 	copy(raw[n-macSize:], s.sum[:])
@@ -267,22 +286,11 @@ func (c *Cipher) open(dst, tok []byte) ([]byte, error) {
 		return dst, ErrInvalid
 	}
 
-	// CBC decryption: out = D(ct block i) XOR (ct block i-1, or the IV);
-	// IV||ct is contiguous in raw.
 	ct := raw[ctOff : n-macSize]
 	base := len(dst)
 	dst = slices.Grow(dst, len(ct))
 	out := dst[base : base+len(ct)]
-	if hasAESNI {
-		cbcDecryptAll(&c.dec, out, raw[ivOff:], len(ct)/blockSize)
-	} else {
-		// The blocks are decrypted in place, four independent calls at a
-		// time so they overlap in the CPU, and IV||ct is XORed over the
-		// result in one pass.
-		copy(out, ct)
-		c.decryptBlocks(out)
-		subtle.XORBytes(out, out, raw[ivOff:])
-	}
+	c.cbc(true, out, ct, raw[ivOff:ctOff])
 
 	// PKCS #7: the MAC already held, so this check leaks nothing new.
 	p := int(out[len(out)-1])
@@ -298,29 +306,6 @@ func (c *Cipher) open(dst, tok []byte) ([]byte, error) {
 		}
 	}
 	return dst[:base+m], nil
-}
-
-// decryptBlocks applies the AES inverse cipher to each block of b in place.
-func (c *Cipher) decryptBlocks(b []byte) {
-	for len(b) >= 4*blockSize {
-		c.block.Decrypt(b[0:16], b[0:16])
-		c.block.Decrypt(b[16:32], b[16:32])
-		c.block.Decrypt(b[32:48], b[32:48])
-		c.block.Decrypt(b[48:64], b[48:64])
-		b = b[64:]
-	}
-	for len(b) >= blockSize {
-		c.block.Decrypt(b[:16], b[:16])
-		b = b[16:]
-	}
-}
-
-// xor16 sets dst[:16] ^= src[:16].
-func xor16(dst, src []byte) {
-	_ = dst[15]
-	_ = src[15]
-	binary.LittleEndian.PutUint64(dst[0:], binary.LittleEndian.Uint64(dst[0:])^binary.LittleEndian.Uint64(src[0:]))
-	binary.LittleEndian.PutUint64(dst[8:], binary.LittleEndian.Uint64(dst[8:])^binary.LittleEndian.Uint64(src[8:]))
 }
 
 // LooksLike reports whether b has the shape of a Fernet token text: the
