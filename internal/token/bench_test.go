@@ -117,3 +117,25 @@ func BenchmarkBase64(b *testing.B) {
 		})
 	}
 }
+
+// BenchmarkNew: a Cipher for a key not seen before (an owner missing from
+// the DEK cache), with its first Decrypt and Encrypt, which make the
+// per-call state the Cipher then reuses.
+func BenchmarkNew(b *testing.B) {
+	key := benchKey(b)
+	msg := make([]byte, 32)
+	tok, err := New(key).Encrypt(msg)
+	if err != nil {
+		b.Fatal(err)
+	}
+	b.ReportAllocs()
+	for b.Loop() {
+		c := New(key)
+		if _, err := c.Decrypt(tok); err != nil {
+			b.Fatal(err)
+		}
+		if _, err := c.Encrypt(msg); err != nil {
+			b.Fatal(err)
+		}
+	}
+}
