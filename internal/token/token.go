@@ -1,19 +1,25 @@
 // Package token implements the Fernet token format used for both DEKs and
 // field values: base64url(0x80 | timestamp | IV | AES-128-CBC(PKCS7(msg)) | HMAC-SHA256).
 //
-// A Cipher holds the state prepared from one 32-byte Fernet key (the expanded
-// AES key schedule and the HMAC-SHA256 states after absorbing the padded
-// signing key) and is safe for concurrent use. Per-call scratch memory comes
-// from a pool, so Encrypt and Decrypt allocate only the slice they return.
+// All its cryptography is Go's own: AES-CBC from crypto/aes and
+// crypto/cipher, HMAC-SHA256 from crypto/hmac and crypto/sha256, IVs from
+// crypto/rand. These are Go's FIPS 140-3 module, used through its approved
+// services, so the codec runs unchanged under GODEBUG=fips140=on.
+//
+// A Cipher holds what is prepared from one 32-byte Fernet key (the AES key
+// schedule; HMACs that have absorbed the padded signing key, and CBC modes,
+// kept in a pool for reuse) and is safe for concurrent use. Per-call scratch
+// memory comes from pools, so Encrypt and Decrypt allocate only the slice
+// they return.
 package token
 
 import (
 	"crypto/aes"
 	"crypto/cipher"
+	"crypto/hmac"
 	"crypto/rand"
 	"crypto/sha256"
 	"crypto/subtle"
-	"encoding"
 	"encoding/binary"
 	"errors"
 	"hash"
@@ -51,31 +57,75 @@ const (
 // Cipher encrypts and decrypts Fernet tokens under one key.
 type Cipher struct {
 	block cipher.Block // AES-128 with the encryption half of the key
-	// Marshaled SHA-256 states after writing (signing key ^ ipad) and
-	// (signing key ^ opad): restoring them skips two compression rounds
-	// and the key setup per HMAC.
-	inner, outer []byte
-	// AES-128 round keys for the assembly CBC loops (hasAESNI only):
-	// encryption, and the equivalent inverse cipher's for decryption.
-	enc, dec [11 * blockSize]byte
+	// keyStates (*keyState) for one call at a time. Making a CBC mode
+	// copies the key schedule and allocates, and a fresh HMAC absorbs the
+	// padded key again: each is made once and reused, as crypto/tls does.
+	states sync.Pool
 }
 
-// sha256State is what the pooled hash must offer to restore a saved state.
-type sha256State interface {
-	hash.Hash
-	encoding.BinaryUnmarshaler
+// keyState is the state of one call under a Cipher's key. It holds no
+// plaintext: the modes keep only an IV or a ciphertext block, the HMAC the
+// hash of token bytes.
+type keyState struct {
+	// HMAC-SHA256 under the signing key. Reset restores the state after
+	// the padded key, which crypto/hmac saves on its first Reset.
+	mac      hash.Hash
+	sum      [macSize]byte
+	enc, dec cipher.BlockMode // crypto/cipher's CBC over the Cipher's block
 }
 
-// scratch is the per-call working memory. It never keeps plaintext: Encrypt
-// encrypts in place and Decrypt writes plaintext only to the returned slice.
+// ivSetter is how crypto/cipher's CBC modes take a new IV (crypto/tls relies
+// on it too). A mode without it is made afresh for each call.
+type ivSetter interface{ SetIV(iv []byte) }
+
+// New prepares a Cipher for key.
+func New(key [KeySize]byte) *Cipher {
+	block, err := aes.NewCipher(key[16:])
+	if err != nil { // cannot happen for a 16-byte key
+		panic("token: " + err.Error())
+	}
+	signKey := [16]byte(key[:16])
+	c := &Cipher{block: block}
+	c.states.New = func() any {
+		k := &keyState{mac: hmac.New(sha256.New, signKey[:])}
+		k.mac.Reset()
+		iv := make([]byte, blockSize)
+		k.enc, k.dec = cipher.NewCBCEncrypter(block, iv), cipher.NewCBCDecrypter(block, iv)
+		return k
+	}
+	return c
+}
+
+// mac256 computes HMAC-SHA256(signing key, data) into k.sum.
+func (k *keyState) mac256(data []byte) {
+	k.mac.Reset()
+	k.mac.Write(data)
+	k.mac.Sum(k.sum[:0])
+}
+
+// cbc runs CBC encryption or decryption of src into dst under iv.
+func (c *Cipher) cbc(k *keyState, decrypt bool, dst, src, iv []byte) {
+	mode, newMode := k.enc, cipher.NewCBCEncrypter
+	if decrypt {
+		mode, newMode = k.dec, cipher.NewCBCDecrypter
+	}
+	if m, ok := mode.(ivSetter); ok {
+		m.SetIV(iv)
+	} else {
+		mode = newMode(c.block, iv)
+	}
+	mode.CryptBlocks(dst, src)
+}
+
+// scratch is the per-call working memory, shared by all keys. It never
+// keeps plaintext: Encrypt encrypts in place and Decrypt writes plaintext
+// only to the returned slice.
 type scratch struct {
-	h   sha256State
-	sum [macSize]byte // inner hash, then the MAC
-	buf []byte        // raw (decoded) token bytes
+	buf []byte // raw (decoded) token bytes
 }
 
 var scratchPool = sync.Pool{
-	New: func() any { return &scratch{h: sha256.New().(sha256State)} },
+	New: func() any { return new(scratch) },
 }
 
 func getScratch(n int) *scratch {
@@ -92,57 +142,6 @@ func putScratch(s *scratch) {
 		s.buf = nil
 	}
 	scratchPool.Put(s)
-}
-
-// New prepares a Cipher for key.
-func New(key [KeySize]byte) *Cipher {
-	block, err := aes.NewCipher(key[16:])
-	if err != nil { // cannot happen for a 16-byte key
-		panic("token: " + err.Error())
-	}
-	c := &Cipher{
-		block: block,
-		inner: padState(key[:16], 0x36),
-		outer: padState(key[:16], 0x5c),
-	}
-	if hasAESNI {
-		expandKey128(&key[16], &c.enc[0], &c.dec[0])
-	}
-	return c
-}
-
-// padState returns the marshaled SHA-256 state after absorbing one block of
-// signKey XOR pad (the key is shorter than the block, so it is zero-filled).
-func padState(signKey []byte, pad byte) []byte {
-	var blk [64]byte
-	for i := range blk {
-		blk[i] = pad
-	}
-	for i, b := range signKey {
-		blk[i] ^= b
-	}
-	h := sha256.New()
-	h.Write(blk[:])
-	st, err := h.(encoding.BinaryMarshaler).MarshalBinary()
-	if err != nil { // the standard library SHA-256 always marshals
-		panic("token: " + err.Error())
-	}
-	return st
-}
-
-// mac computes HMAC-SHA256(signing key, data) into s.sum.
-func (c *Cipher) mac(s *scratch, data []byte) {
-	h := s.h
-	if err := h.UnmarshalBinary(c.inner); err != nil {
-		panic("token: " + err.Error()) // state produced by MarshalBinary
-	}
-	h.Write(data)
-	h.Sum(s.sum[:0])
-	if err := h.UnmarshalBinary(c.outer); err != nil {
-		panic("token: " + err.Error())
-	}
-	h.Write(s.sum[:])
-	h.Sum(s.sum[:0])
 }
 
 // Encrypt returns the token text for msg.
@@ -201,20 +200,11 @@ func (c *Cipher) seal(dst, msg []byte, ts int64, iv *[blockSize]byte) ([]byte, e
 	for i := len(msg); i < padded; i++ {
 		ct[i] = p
 	}
-	if hasAESNI {
-		cbcEncrypt(&c.enc[0], &ct[0], &raw[ivOff], padded/blockSize)
-	} else {
-		prev := raw[ivOff:ctOff]
-		for i := 0; i < padded; i += blockSize {
-			blk := ct[i : i+blockSize]
-			xor16(blk, prev)
-			c.block.Encrypt(blk, blk)
-			prev = blk
-		}
-	}
-
-	c.mac(s, raw[:n-macSize])
-	copy(raw[n-macSize:], s.sum[:])
+	k := c.states.Get().(*keyState)
+	c.cbc(k, false, ct, ct, raw[ivOff:ctOff])
+	k.mac256(raw[:n-macSize])
+	copy(raw[n-macSize:], k.sum[:])
+	c.states.Put(k)
 
 	m := b64EncodedLen(n)
 	if len(dst)+m > cap(dst) {
@@ -252,7 +242,7 @@ func (c *Cipher) open(dst, tok []byte) ([]byte, error) {
 	}
 	s := getScratch(b64DecodeBuf(len(tok)))
 	defer putScratch(s)
-	n, ok := b64DecodeFast(s.buf, tok)
+	n, ok := b64Decode(s.buf, tok)
 	if !ok || n < overhead+blockSize || (n-overhead)%blockSize != 0 {
 		return dst, ErrInvalid
 	}
@@ -262,27 +252,18 @@ func (c *Cipher) open(dst, tok []byte) ([]byte, error) {
 	}
 
 	// Authenticate before touching the ciphertext.
-	c.mac(s, raw[:n-macSize])
-	if subtle.ConstantTimeCompare(s.sum[:], raw[n-macSize:]) != 1 {
+	k := c.states.Get().(*keyState)
+	defer c.states.Put(k)
+	k.mac256(raw[:n-macSize])
+	if subtle.ConstantTimeCompare(k.sum[:], raw[n-macSize:]) != 1 {
 		return dst, ErrInvalid
 	}
 
-	// CBC decryption: out = D(ct block i) XOR (ct block i-1, or the IV);
-	// IV||ct is contiguous in raw.
 	ct := raw[ctOff : n-macSize]
 	base := len(dst)
 	dst = slices.Grow(dst, len(ct))
 	out := dst[base : base+len(ct)]
-	if hasAESNI {
-		cbcDecryptAll(&c.dec, out, raw[ivOff:], len(ct)/blockSize)
-	} else {
-		// The blocks are decrypted in place, four independent calls at a
-		// time so they overlap in the CPU, and IV||ct is XORed over the
-		// result in one pass.
-		copy(out, ct)
-		c.decryptBlocks(out)
-		subtle.XORBytes(out, out, raw[ivOff:])
-	}
+	c.cbc(k, true, out, ct, raw[ivOff:ctOff])
 
 	// PKCS #7: the MAC already held, so this check leaks nothing new.
 	p := int(out[len(out)-1])
@@ -298,29 +279,6 @@ func (c *Cipher) open(dst, tok []byte) ([]byte, error) {
 		}
 	}
 	return dst[:base+m], nil
-}
-
-// decryptBlocks applies the AES inverse cipher to each block of b in place.
-func (c *Cipher) decryptBlocks(b []byte) {
-	for len(b) >= 4*blockSize {
-		c.block.Decrypt(b[0:16], b[0:16])
-		c.block.Decrypt(b[16:32], b[16:32])
-		c.block.Decrypt(b[32:48], b[32:48])
-		c.block.Decrypt(b[48:64], b[48:64])
-		b = b[64:]
-	}
-	for len(b) >= blockSize {
-		c.block.Decrypt(b[:16], b[:16])
-		b = b[16:]
-	}
-}
-
-// xor16 sets dst[:16] ^= src[:16].
-func xor16(dst, src []byte) {
-	_ = dst[15]
-	_ = src[15]
-	binary.LittleEndian.PutUint64(dst[0:], binary.LittleEndian.Uint64(dst[0:])^binary.LittleEndian.Uint64(src[0:]))
-	binary.LittleEndian.PutUint64(dst[8:], binary.LittleEndian.Uint64(dst[8:])^binary.LittleEndian.Uint64(src[8:]))
 }
 
 // LooksLike reports whether b has the shape of a Fernet token text: the
