@@ -3,8 +3,9 @@ package token
 import "encoding/binary"
 
 // A table-driven base64url codec (RFC 4648 §5, '=' padding) specialised for
-// token text. encoding/base64 spends as long on a 4 KiB token as SHA-256
-// and AES together; these loops handle two 4-character groups per step.
+// token text. The decoder handles four 4-character groups per step, the
+// encoder two; encoding/base64 takes about 1.6 times as long for every token
+// length (BenchmarkBase64).
 
 const alphabet = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_"
 
