@@ -38,9 +38,12 @@ type modelMeta struct {
 	allDirect bool           // every encrypted field is direct
 	fields    []encField
 	byDB      map[string]*encField
-	profile   bool  // the configured Profile model
-	selfOwned bool  // the owner is the model's own primary key
-	err       error // a definition error, reported by every statement on the model
+	profile   bool // the configured Profile model
+	selfOwned bool // the owner is the model's own primary key
+	// uniqueKeys are the model's declared unique keys other than its
+	// primary key (unique fields and unique indexes), by DB names.
+	uniqueKeys [][]string
+	err        error // a definition error, reported by every statement on the model
 }
 
 func isEnvelopeField(f *schema.Field) bool {
@@ -96,6 +99,9 @@ func buildMeta(s *schema.Schema, prof *profilemeta.Profile) *modelMeta {
 		if off, ok := offsetOf(s.ModelType, m.owner.StructField.Index); ok {
 			m.ownerAt = ownerReader(m.owner.FieldType, off)
 		}
+	}
+	if len(m.fields) > 0 {
+		m.uniqueKeys = uniqueKeys(s)
 	}
 	if len(m.fields) > 0 && m.owner != nil {
 		if !profilemeta.IsOwnerKind(m.owner.IndirectFieldType.Kind()) {
@@ -215,4 +221,24 @@ func normOwnerAny(x any) any {
 		return nil
 	}
 	return normOwner(reflect.ValueOf(x))
+}
+
+// uniqueKeys returns the unique keys s declares besides its primary key.
+func uniqueKeys(s *schema.Schema) [][]string {
+	var keys [][]string
+	for _, f := range s.Fields {
+		if f.Unique && !f.PrimaryKey {
+			keys = append(keys, []string{f.DBName})
+		}
+	}
+	for _, idx := range s.ParseIndexes() {
+		if idx.Class == "UNIQUE" || idx.Option == "UNIQUE" {
+			cols := make([]string, 0, len(idx.Fields))
+			for _, f := range idx.Fields {
+				cols = append(cols, f.DBName)
+			}
+			keys = append(keys, cols)
+		}
+	}
+	return keys
 }

@@ -9,7 +9,6 @@ import (
 	"github.com/gorm-envelope/envelope/internal/keystore"
 	"gorm.io/gorm"
 	"gorm.io/gorm/clause"
-	"gorm.io/gorm/schema"
 )
 
 // onConflict encrypts plain values in OnConflict DoUpdates assignments and
@@ -163,10 +162,7 @@ func (c *collector) checkUpsert() bool {
 	} else if ok {
 		return true
 	}
-	target := make([]string, 0, len(oc.Columns))
-	for _, col := range oc.Columns {
-		target = append(target, col.Name)
-	}
+	target := columnNames(oc.Columns)
 	if oc.OnConstraint != "" {
 		target = []string{oc.OnConstraint}
 	}
@@ -242,76 +238,41 @@ func (c *collector) upsertAssigns() (map[string]assignKind, clause.OnConflict, b
 // it to the database).
 func (c *collector) targetDeterminesOwner(oc clause.OnConflict) bool {
 	stmt := c.db.Statement
-	owner := c.m.owner.DBName
-	has := func(cols []string) bool {
-		for _, col := range cols {
-			if col == owner {
-				return true
-			}
-		}
-		return false
-	}
 	if c.db.Dialector.Name() != "mysql" {
 		if oc.OnConstraint != "" {
 			return false
 		}
-		cols := make([]string, 0, len(oc.Columns))
-		for _, col := range oc.Columns {
-			cols = append(cols, col.Name)
-		}
+		cols := columnNames(oc.Columns)
 		// A conflict on a primary key that every row leaves to the
 		// database cannot happen (GORM's association upserts).
-		return has(cols) || slices.Equal(cols, stmt.Schema.PrimaryFieldDBNames) && pkLeftToDB(stmt)
+		return slices.Contains(cols, c.m.owner.DBName) || slices.Equal(cols, stmt.Schema.PrimaryFieldDBNames) && pkLeftToDB(stmt)
 	}
-	var keys [][]string
-	if !pkLeftToDB(stmt) {
-		keys = append(keys, stmt.Schema.PrimaryFieldDBNames)
+	if !pkLeftToDB(stmt) && !slices.Contains(stmt.Schema.PrimaryFieldDBNames, c.m.owner.DBName) {
+		return false
 	}
-	for _, f := range stmt.Schema.Fields {
-		if f.Unique && !f.PrimaryKey {
-			keys = append(keys, []string{f.DBName})
-		}
-	}
-	for _, idx := range stmt.Schema.ParseIndexes() {
-		if idx.Class == "UNIQUE" || idx.Option == "UNIQUE" {
-			cols := make([]string, 0, len(idx.Fields))
-			for _, f := range idx.Fields {
-				cols = append(cols, f.DBName)
-			}
-			keys = append(keys, cols)
-		}
-	}
-	for _, k := range keys {
-		if !has(k) {
+	return c.otherKeysHoldOwner()
+}
+
+// otherKeysHoldOwner reports whether every unique key the model declares
+// besides its primary key contains the owner column: on MySQL, which
+// updates on any unique key, none of them can land an upsert in a row of
+// another owner.
+func (c *collector) otherKeysHoldOwner() bool {
+	for _, k := range c.m.uniqueKeys {
+		if !slices.Contains(k, c.m.owner.DBName) {
 			return false
 		}
 	}
 	return true
 }
 
-// targetDeterminesOwnerWithout reports whether, on MySQL, every unique key
-// the model declares other than the primary key pf contains the owner.
-func (c *collector) targetDeterminesOwnerWithout(pf *schema.Field) bool {
-	s := c.db.Statement.Schema
-	owner := c.m.owner.DBName
-	for _, f := range s.Fields {
-		if f.Unique && !f.PrimaryKey && f.DBName != owner {
-			return false
-		}
+// columnNames returns the names of cols.
+func columnNames(cols []clause.Column) []string {
+	out := make([]string, 0, len(cols))
+	for _, col := range cols {
+		out = append(out, col.Name)
 	}
-	for _, idx := range s.ParseIndexes() {
-		if idx.Class != "UNIQUE" && idx.Option != "UNIQUE" {
-			continue
-		}
-		has := false
-		for _, f := range idx.Fields {
-			has = has || f.DBName == owner
-		}
-		if !has {
-			return false
-		}
-	}
-	return true
+	return out
 }
 
 // conflictsKeepOwner handles an upsert on the primary key whose rows set
@@ -328,7 +289,7 @@ func (c *collector) conflictsKeepOwner(oc clause.OnConflict) (bool, error) {
 	pf := s.PrimaryFields[0]
 	if c.db.Dialector.Name() == "mysql" {
 		// Any other unique key must determine the owner on its own.
-		if !c.targetDeterminesOwnerWithout(pf) {
+		if !c.otherKeysHoldOwner() {
 			return false, nil
 		}
 	} else if len(oc.Columns) != 1 || oc.Columns[0].Name != pf.DBName {
@@ -409,21 +370,8 @@ func (c *collector) cannotConflict(oc clause.OnConflict) bool {
 		return false
 	}
 	if c.db.Dialector.Name() == "mysql" {
-		for _, f := range stmt.Schema.Fields {
-			if f.Unique && !f.PrimaryKey {
-				return false
-			}
-		}
-		for _, idx := range stmt.Schema.ParseIndexes() {
-			if idx.Class == "UNIQUE" || idx.Option == "UNIQUE" {
-				return false
-			}
-		}
-		return true
+		return len(c.m.uniqueKeys) == 0
 	}
-	cols := make([]string, 0, len(oc.Columns))
-	for _, col := range oc.Columns {
-		cols = append(cols, col.Name)
-	}
+	cols := columnNames(oc.Columns)
 	return len(cols) == 0 || slices.Equal(cols, stmt.Schema.PrimaryFieldDBNames)
 }
