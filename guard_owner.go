@@ -41,6 +41,11 @@ type writeSet struct {
 // createWritten reports, for a Create, whether the field's column is
 // written (Select and Omit, as GORM's ConvertToCreateValues applies them).
 func createWritten(stmt *gorm.Statement) func(*schema.Field) bool {
+	if len(stmt.Selects) == 0 && len(stmt.Omits) == 0 {
+		// The common case, without building GORM's map of every column:
+		// only fields tagged not to be created are left out.
+		return func(f *schema.Field) bool { return f.Creatable }
+	}
 	sel, restricted := stmt.SelectAndOmitColumns(true, false)
 	return func(f *schema.Field) bool {
 		v, ok := sel[f.DBName]
