@@ -36,24 +36,12 @@ func startedTx(db *gorm.DB) bool {
 // driver.Valuer arguments itself, as pgx does — may print the argument,
 // and with it GORM's serializer wrapper holding the plaintext.
 func convertingArgs() bool {
-	var pcs [32]uintptr
-	n := runtime.Callers(3, pcs[:])
-	frames := runtime.CallersFrames(pcs[:n])
-	for {
-		f, more := frames.Next()
-		if f.Function == "database/sql.driverArgsConnLocked" {
-			return true
-		}
-		if strings.HasPrefix(f.Function, "github.com/jackc/pgx/") {
-			return false
-		}
-		if !more {
-			return false
-		}
-	}
+	return onStack(32, func(fn string) (found, stop bool) {
+		return fn == "database/sql.driverArgsConnLocked", strings.HasPrefix(fn, "github.com/jackc/pgx/")
+	})
 }
 
-var refusalLogged sync.Map
+var refusalLogged sync.Map // error text -> struct{}
 
 // logRefusal logs, once per message, a write refused on a *gorm.DB without
 // the plugin: its error may only reach the app as a driver's error.
@@ -71,16 +59,22 @@ func logRefusal(err error) {
 // key is an owner, the second step is refused, and the first must be
 // refused with it so that Replace changes nothing.
 func inAssociationReplace() bool {
-	var pcs [128]uintptr
-	n := runtime.Callers(2, pcs[:])
-	frames := runtime.CallersFrames(pcs[:n])
+	return onStack(128, func(fn string) (found, stop bool) {
+		return fn == "gorm.io/gorm.(*Association).Replace", false
+	})
+}
+
+// onStack walks at most depth frames of its caller's callers, asking
+// match of each function's name whether it is the one looked for, or one
+// below which it cannot be.
+func onStack(depth int, match func(fn string) (found, stop bool)) bool {
+	pcs := make([]uintptr, depth)
+	frames := runtime.CallersFrames(pcs[:runtime.Callers(3, pcs)])
 	for {
 		f, more := frames.Next()
-		if f.Function == "gorm.io/gorm.(*Association).Replace" {
-			return true
-		}
-		if !more {
-			return false
+		found, stop := match(f.Function)
+		if found || stop || !more {
+			return found
 		}
 	}
 }
