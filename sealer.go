@@ -143,7 +143,7 @@ func (s *sealer) seal(c int) {
 	for i := lo; i < hi; i++ {
 		plain := s.items[i].plain
 		if token.LooksLikeString(plain) {
-			if _, err := s.ciphers[i].DecryptString(plain); err == nil {
+			if _, err := s.ciphers[i].Decrypt(stringBytes(plain)); err == nil {
 				s.toks[i] = plain
 				continue
 			}

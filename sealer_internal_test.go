@@ -73,7 +73,7 @@ func TestSealerOrderAndResult(t *testing.T) {
 			if n > 5 && i == 4 {
 				want = "already"
 			}
-			msg, err := cs[i].DecryptString(tok)
+			msg, err := cs[i].Decrypt([]byte(tok))
 			if err != nil || string(msg) != want {
 				t.Fatalf("n=%d value %d: %q, %v", n, i, msg, err)
 			}

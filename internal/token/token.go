@@ -26,7 +26,6 @@ import (
 	"slices"
 	"sync"
 	"time"
-	"unsafe"
 )
 
 // KeySize is the size of a raw Fernet key: 16 bytes of HMAC key, 16 of AES key.
@@ -290,10 +289,4 @@ func LooksLike(b []byte) bool {
 // LooksLikeString is LooksLike for a string, without copying.
 func LooksLikeString(s string) bool {
 	return len(s) >= MinLen && len(s)%4 == 0 && s[0] == 'g' && s[1] == 'A'
-}
-
-// DecryptString is Decrypt for token text held in a string, without
-// copying it: Decrypt only reads its input.
-func (c *Cipher) DecryptString(tok string) ([]byte, error) {
-	return c.Decrypt(unsafe.Slice(unsafe.StringData(tok), len(tok)))
 }
