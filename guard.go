@@ -88,6 +88,10 @@ func (p *Plugin) guard(db *gorm.DB) {
 	if c, ok := db.Statement.Clauses["WHERE"]; ok {
 		if w, ok := c.Expression.(clause.Where); ok {
 			if name := p.comparedField(db, m, w.Exprs); name != "" {
+				if f := m.schema.LookUpField(name); f != nil && m.byDB[f.DBName] != nil && len(m.byDB[f.DBName].idx) > 0 {
+					db.AddError(&FieldError{Model: m.name, Field: name, Err: fmt.Errorf("%w: encrypted fields cannot be compared in a query: find rows by %s with envelope.Match or envelope.MatchOwner", ErrUnsafe, name)})
+					return
+				}
 				db.AddError(&FieldError{Model: m.name, Field: name, Err: fmt.Errorf("%w: encrypted fields cannot be compared in a query (random IVs never match; see docs/security-model.md)", ErrUnsafe)})
 				return
 			}

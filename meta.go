@@ -24,8 +24,9 @@ const (
 type encField struct {
 	f      *schema.Field
 	kind   valueKind
-	off    uintptr // offset in the model struct, when direct
-	direct bool    // reached without a pointer: readable at base+off
+	off    uintptr     // offset in the model struct, when direct
+	direct bool        // reached without a pointer: readable at base+off
+	idx    []*blindIdx // the blind indexes of its values
 }
 
 // modelMeta is computed once per schema: which fields are encrypted and
@@ -38,8 +39,10 @@ type modelMeta struct {
 	allDirect bool           // every encrypted field is direct
 	fields    []encField
 	byDB      map[string]*encField
-	profile   bool // the configured Profile model
-	selfOwned bool // the owner is the model's own primary key
+	indexes   []*blindIdx          // blind indexes (index.go)
+	idxByDB   map[string]*blindIdx // by the index column
+	profile   bool                 // the configured Profile model
+	selfOwned bool                 // the owner is the model's own primary key
 	// uniqueKeys are the model's declared unique keys other than its
 	// primary key (unique fields and unique indexes), by DB names.
 	uniqueKeys [][]string
@@ -57,7 +60,7 @@ var (
 )
 
 func buildMeta(s *schema.Schema, prof *profilemeta.Profile) *modelMeta {
-	m := &modelMeta{schema: s, name: s.Name, byDB: map[string]*encField{}, profile: prof != nil && s.ModelType == prof.Type}
+	m := &modelMeta{schema: s, name: s.Name, byDB: map[string]*encField{}, idxByDB: map[string]*blindIdx{}, profile: prof != nil && s.ModelType == prof.Type}
 	for _, f := range s.Fields {
 		if profilemeta.TagValue(f) == "owner" {
 			if m.owner != nil {
@@ -90,6 +93,10 @@ func buildMeta(s *schema.Schema, prof *profilemeta.Profile) *modelMeta {
 		}
 		ef.off, ef.direct = offsetOf(s.ModelType, ef.f.StructField.Index)
 	}
+	if err := parseIndexes(m, s); err != nil {
+		m.err = err
+		return m
+	}
 	m.allDirect = true
 	for i := range m.fields {
 		m.allDirect = m.allDirect && m.fields[i].direct
@@ -115,6 +122,8 @@ func buildMeta(s *schema.Schema, prof *profilemeta.Profile) *modelMeta {
 	}
 	return m
 }
+
+func tagValue(f *schema.Field) string { return profilemeta.TagValue(f) }
 
 func isStringOwner(f *schema.Field) bool { return f.IndirectFieldType.Kind() == reflect.String }
 

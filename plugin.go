@@ -11,6 +11,7 @@ import (
 
 	"github.com/gorm-envelope/envelope/dek"
 	"github.com/gorm-envelope/envelope/internal/cache"
+	"github.com/gorm-envelope/envelope/internal/indexkeys"
 	"github.com/gorm-envelope/envelope/internal/keystore"
 	"github.com/gorm-envelope/envelope/internal/profilemeta"
 	"gorm.io/gorm"
@@ -73,6 +74,8 @@ type Plugin struct {
 	// store maps owners to their DEKs; made by Initialize, once the
 	// profile model is known.
 	store     *keystore.Store
+	ikeys     *indexkeys.Store // global blind-index keys
+	gkeys     globalKeys
 	cacheSize int
 	cacheTTL  time.Duration
 
@@ -151,6 +154,7 @@ func (p *Plugin) initialize(db *gorm.DB) error {
 	}
 	p.prof = prof
 	p.store = keystore.New(prof, p.keys, p.log, p.cacheSize, p.cacheTTL)
+	p.ikeys = indexkeys.New(db, p.keys, p.cacheTTL)
 	if p.keys == nil {
 		p.log.Warn("envelope: no master key configured; encrypted fields cannot be read or written",
 			"variable", dek.EnvKey, "docs", "docs/key-management.md")
@@ -207,12 +211,20 @@ func (p *Plugin) register(db *gorm.DB) error {
 		name string
 		err  error
 	}{
+		{"envelope:index_keys_create", cb.Create().Before("gorm:begin_transaction").Register("envelope:index_keys_create", p.prepareIndexKeys)},
+		{"envelope:index_keys_update", cb.Update().Before("gorm:begin_transaction").Register("envelope:index_keys_update", p.prepareIndexKeys)},
 		{"envelope:before_create", cb.Create().After("gorm:save_before_associations").Before("gorm:create").Register("envelope:before_create", p.beforeCreate)},
 		{"envelope:seal_self_owned", cb.Create().After("gorm:create").Before("gorm:save_after_associations").Register("envelope:seal_self_owned", p.sealSelf)},
 		{"envelope:after_create", cb.Create().After("gorm:commit_or_rollback_transaction").Register("envelope:after_create", p.afterWrite)},
 		{"envelope:before_update", cb.Update().After("gorm:save_before_associations").Before("gorm:update").Register("envelope:before_update", p.beforeUpdate)},
 		{"envelope:check_pinned", cb.Update().After("gorm:update").Before("gorm:save_after_associations").Register("envelope:check_pinned", p.checkPinned)},
 		{"envelope:after_update", cb.Update().After("gorm:commit_or_rollback_transaction").Register("envelope:after_update", p.afterWrite)},
+		{"envelope:match_query", cb.Query().Before("gorm:query").Register("envelope:match_query", p.match)},
+		{"envelope:match_row", cb.Row().Before("gorm:row").Register("envelope:match_row", p.match)},
+		{"envelope:match_update", cb.Update().Before("gorm:update").Register("envelope:match_update", p.match)},
+		{"envelope:match_delete", cb.Delete().Before("gorm:delete").Register("envelope:match_delete", p.match)},
+		{"envelope:row_end", cb.Row().After("gorm:row").Register("envelope:row_end", endStatement)},
+		{"envelope:delete_end", cb.Delete().After("gorm:commit_or_rollback_transaction").Register("envelope:delete_end", endStatement)},
 		{"envelope:guard_query", cb.Query().Before("gorm:query").Register("envelope:guard_query", p.guard)},
 		{"envelope:before_query", cb.Query().After("envelope:guard_query").Before("gorm:query").Register("envelope:before_query", p.beforeQuery)},
 		{"envelope:guard_row", cb.Row().Before("gorm:row").Register("envelope:guard_row", p.guard)},
@@ -221,6 +233,7 @@ func (p *Plugin) register(db *gorm.DB) error {
 		{"envelope:profile_delete", cb.Delete().Before("gorm:delete").Register("envelope:profile_delete", p.profileWrite)},
 		{"envelope:profile_deleted", cb.Delete().After("gorm:commit_or_rollback_transaction").Register("envelope:profile_deleted", p.profileDeleted)},
 		{"envelope:after_query", cb.Query().After("gorm:query").Before("gorm:preload").Register("envelope:after_query", p.afterQuery)},
+		{"envelope:match_filter", cb.Query().After("envelope:after_query").Before("gorm:preload").Register("envelope:match_filter", p.filterMatches)},
 		{"envelope:after_preload", cb.Query().After("gorm:preload").Before("gorm:after_query").Register("envelope:after_preload", p.afterPreload)},
 	}
 	for _, r := range regs {

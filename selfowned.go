@@ -163,6 +163,16 @@ func (p *Plugin) sealSelf(db *gorm.DB) {
 			} else {
 				set[sv.ef.f.DBName] = string(tok)
 			}
+			for _, bi := range sv.ef.idx {
+				bk, ver, err := p.indexKey(db.Statement.Context, bi, k)
+				if err != nil {
+					db.AddError(&FieldError{Model: r.m.name, Field: bi.f.Name, Owner: o, Err: err})
+					return
+				}
+				val := bi.value(bk, ver, sv.plain)
+				set[bi.f.DBName] = val
+				bi.set(r.v, &val)
+			}
 		}
 		pk := r.m.owner
 		res := base.Table(db.Statement.Table).

@@ -31,6 +31,8 @@ type stmtState struct {
 	ownSink bool         // the sink is this statement's, not inherited
 	pending pendingKeys  // DEKs of a transaction begun for the statement (keys.go)
 	started bool         // the plugin began that transaction (selfowned.go)
+	matches []filterWant // matches its rows are checked against (match.go)
+	restore []func()     // put back what the statement's hooks replaced
 }
 
 type stateKey struct{}
@@ -74,6 +76,9 @@ func endState(db *gorm.DB) *stmtState {
 	st := stateOf(db)
 	if st != nil {
 		db.Statement.Context = st.parent
+		for _, f := range st.restore {
+			f()
+		}
 	}
 	return st
 }
@@ -96,3 +101,6 @@ func isInternal(db *gorm.DB) bool {
 	v, _ := db.Statement.Context.Value(internalKey{}).(bool)
 	return v
 }
+
+// endStatement is the last hook of statements no other hook ends.
+func endStatement(db *gorm.DB) { endState(db) }

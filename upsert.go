@@ -71,16 +71,39 @@ func (c *collector) onConflict() {
 	changed := false
 	set := make([]clause.Assignment, len(oc.DoUpdates))
 	copy(set, oc.DoUpdates)
+	assigned := map[string]bool{}
+	for _, a := range set {
+		assigned[a.Column.Name] = true
+	}
 	for i, a := range set {
+		if bi := m.idxByDB[a.Column.Name]; bi != nil {
+			if col, ok := a.Value.(clause.Column); !ok || !strings.EqualFold(col.Table, "excluded") || col.Name != a.Column.Name {
+				c.fail(errIndexWrite(m, bi))
+			}
+			continue
+		}
 		ef := m.byDB[a.Column.Name]
 		if ef == nil {
 			continue
 		}
 		if col, ok := a.Value.(clause.Column); ok {
 			if strings.EqualFold(col.Table, "excluded") && m.byDB[col.Name] != nil {
+				// The source comes from the inserted row: so do its
+				// indexes, which the insert computed.
+				for _, bi := range ef.idx {
+					if !assigned[bi.f.DBName] {
+						assigned[bi.f.DBName] = true
+						set = append(set, clause.Assignment{Column: clause.Column{Name: bi.f.DBName}, Value: clause.Column{Table: "excluded", Name: bi.f.DBName}})
+						changed = true
+					}
+				}
 				continue
 			}
 			c.fail(&FieldError{Model: m.name, Field: ef.f.Name, Err: fmt.Errorf("%w: ON CONFLICT would copy column %q into an encrypted column", ErrUnsafe, col.Name)})
+			continue
+		}
+		if len(ef.idx) > 0 {
+			c.fail(&FieldError{Model: m.name, Field: ef.f.Name, Err: fmt.Errorf("%w: ON CONFLICT can assign a field with a blind index only from the inserted row (clause.AssignmentColumns)", ErrUnsafe)})
 			continue
 		}
 		plain, isNil, _, err := mapPlain(a.Value)

@@ -26,6 +26,10 @@ func (p *Plugin) beforeCreate(db *gorm.DB) {
 	// statement's model (db.Model(&T{UserID: 5}).Create(...)) is not
 	// written, so it names no row's owner.
 	c := &collector{p: p, db: db, m: m, written: createWritten(db.Statement)}
+	if len(m.indexes) > 0 && !c.coverIndexes() {
+		c.finish()
+		return
+	}
 	if !c.addMaps(db.Statement.Dest) {
 		c.walk(db.Statement.ReflectValue)
 	}
@@ -39,16 +43,23 @@ func (p *Plugin) beforeUpdate(db *gorm.DB) {
 	if m == nil || len(m.fields) == 0 {
 		return
 	}
-	c := &collector{p: p, db: db, m: m}
+	c := &collector{p: p, db: db, m: m, update: true}
 	c.defOwner, c.ambig = p.modelOwner(db, m, db.Statement.ReflectValue)
+	if len(m.indexes) > 0 {
+		c.addressableDest()
+	}
 	ws := c.updateSet()
 	if !c.checkUpdate(ws) {
 		c.finish()
 		return
 	}
+	c.written = func(f *schema.Field) bool { return ws.cols[f.DBName] }
+	if len(m.indexes) > 0 && !c.coverIndexes() {
+		c.finish()
+		return
+	}
 	if !c.addMaps(db.Statement.Dest) {
 		c.checkArgType(reflect.ValueOf(db.Statement.Dest))
-		c.written = func(f *schema.Field) bool { return ws.cols[f.DBName] }
 		c.walk(reflect.ValueOf(db.Statement.Dest))
 	}
 	c.finish()
@@ -134,6 +145,8 @@ type collector struct {
 	pinned   any                      // the owner the update is pinned to, if any
 	items    []item
 	self     []selfRow // self-owned rows whose id the insert assigns
+	update   bool      // an UPDATE, not an INSERT
+	indexed  bool      // some item has blind indexes to fill
 	edits    []edit
 	errs     []error
 }
@@ -188,6 +201,9 @@ func (c *collector) walk(v reflect.Value) {
 			c.self = append(c.self, selfRow{m: m, v: v})
 			self = &c.self[len(c.self)-1]
 		}
+		if len(m.indexes) > 0 && !c.checkIndexes(m, v) {
+			return
+		}
 		base := m.base(v)
 		for i := range m.fields {
 			ef := &m.fields[i]
@@ -208,6 +224,13 @@ func (c *collector) walk(v reflect.Value) {
 				plain, isNil = plainOfValue(fv, ef.kind)
 				addr = addrOf(fv)
 			}
+			if isNil || self != nil {
+				// A NULL source has a NULL index; a self-owned row's
+				// index is written with its source, after the insert.
+				if !c.clearIndexes(m, ef, v) {
+					return
+				}
+			}
 			if isNil {
 				continue
 			}
@@ -219,7 +242,11 @@ func (c *collector) walk(v reflect.Value) {
 				c.noOwner(m, ef.f)
 				return
 			}
-			c.items = append(c.items, item{owner: owner, m: m, f: ef.f, plain: plain, addr: addr})
+			it := item{owner: owner, m: m, f: ef.f, plain: plain, addr: addr}
+			if len(ef.idx) > 0 {
+				it.row, it.ef, c.indexed = v, ef, true
+			}
+			c.items = append(c.items, it)
 		}
 	}
 }
@@ -254,13 +281,23 @@ func addrOf(fv reflect.Value) uintptr {
 // the statement, so nothing is written.
 func (c *collector) finish() {
 	db := c.db
+	installed := false
+	defer func() {
+		if !installed {
+			for _, e := range c.edits {
+				if e.undo != nil {
+					e.undo()
+				}
+			}
+		}
+	}()
 	if len(c.errs) > 0 {
 		db.AddError(join(c.errs))
 		return
 	}
 	if len(c.items) == 0 {
-		if len(c.self) > 0 || c.pinned != nil {
-			c.install(&writeState{p: c.p, db: db, m: c.m, defOwner: c.defOwner})
+		if len(c.self) > 0 || c.pinned != nil || len(c.edits) > 0 {
+			installed = c.install(&writeState{p: c.p, db: db, m: c.m, defOwner: c.defOwner})
 		}
 		return
 	}
@@ -307,6 +344,12 @@ func (c *collector) finish() {
 		db.AddError(join(c.errs))
 		return
 	}
+	if c.indexed {
+		if err := c.fillIndexes(keys); err != nil {
+			db.AddError(err)
+			return
+		}
+	}
 	// Sealing starts now, on other cores for a large statement, and the
 	// serializer waits only for the values it is asked for.
 	sl, err := newSealer(c.items, ciphers, time.Now().Unix())
@@ -315,16 +358,16 @@ func (c *collector) finish() {
 		return
 	}
 	sl.start()
-	c.install(&writeState{p: c.p, db: db, m: c.m, defOwner: c.defOwner, items: c.items, sealer: sl})
+	installed = c.install(&writeState{p: c.p, db: db, m: c.m, defOwner: c.defOwner, items: c.items, sealer: sl})
 }
 
 // install puts the write state in the statement's context for the
 // serializer, replaces the map and clause values collected, and prepares
 // the self-owned rows' sealing after the insert.
-func (c *collector) install(st *writeState) {
+func (c *collector) install(st *writeState) bool {
 	db := c.db
 	if len(c.self) > 0 && !c.beginSelf(st) {
-		return
+		return false
 	}
 	ss := ensureState(db)
 	ss.write, ss.edits = st, c.edits
@@ -335,6 +378,7 @@ func (c *collector) install(st *writeState) {
 		}
 	}
 	st.pinned = c.pinned
+	return true
 }
 
 func distinctOwners(items []item) []any {
@@ -356,6 +400,12 @@ type item struct {
 	f     *schema.Field
 	plain string
 	addr  uintptr // the address of the field holding it; 0 if none
+
+	// For a field with blind indexes: where its index values go, the
+	// struct row or the map it came from.
+	ef  *encField
+	row reflect.Value
+	mv  map[string]any
 }
 
 // edit is a map entry or clause value replaced by a serializer value for

@@ -34,6 +34,9 @@ func (c *collector) addMaps(dest any) bool {
 func (c *collector) addMap(mv map[string]any) {
 	m := c.m
 	s := c.db.Statement.Schema
+	if len(m.indexes) > 0 && !c.mapIndexes(mv) {
+		return
+	}
 	var ownerRaw any
 	if m.owner != nil {
 		if v, ok := mv[m.owner.Name]; ok {
@@ -81,7 +84,11 @@ func (c *collector) addMap(mv map[string]any) {
 			c.noOwner(m, f)
 			continue
 		}
-		c.items = append(c.items, item{owner: owner, m: m, f: f, plain: plain, addr: addrOf(fv)})
+		it := item{owner: owner, m: m, f: f, plain: plain, addr: addrOf(fv)}
+		if len(ef.idx) > 0 {
+			it.ef, it.mv, c.indexed = ef, mv, true
+		}
+		c.items = append(c.items, it)
 		c.edits = append(c.edits, edit{f: f, tmp: tmp,
 			put:  func(nv any) { mv[k] = nv },
 			undo: func() { mv[k] = v },

@@ -9,7 +9,6 @@ import (
 	"strings"
 
 	"github.com/gorm-envelope/envelope/dek"
-	"github.com/gorm-envelope/envelope/internal/token"
 	"gorm.io/gorm"
 	"gorm.io/gorm/clause"
 )
@@ -210,7 +209,7 @@ func (s *Store) createDEKs(tx *gorm.DB, owners []any, found map[any][]byte) erro
 		// Remember the DEK by the bytes just sealed, so reading it back costs
 		// no master-key call. Safe even if these bytes are never stored
 		// (a lost race, a rollback): nothing will ever look them up.
-		s.opened.Put(string(enc), &Key{C: token.New(d)})
+		s.opened.Put(string(enc), newKey(d))
 		clear(d[:])
 		if _, exists := found[o]; exists {
 			updates = append(updates, upd{o, enc})

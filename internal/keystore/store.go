@@ -24,10 +24,12 @@ import (
 	"fmt"
 	"log/slog"
 	"slices"
+	"sync"
 	"sync/atomic"
 	"time"
 
 	"github.com/gorm-envelope/envelope/dek"
+	"github.com/gorm-envelope/envelope/internal/blind"
 	"github.com/gorm-envelope/envelope/internal/cache"
 	"github.com/gorm-envelope/envelope/internal/profilemeta"
 	"github.com/gorm-envelope/envelope/internal/token"
@@ -40,6 +42,26 @@ import (
 type Key struct {
 	C        *token.Cipher
 	Shredded bool
+
+	root    dek.DEK  // the DEK's bytes, the root of the owner's blind-index keys
+	indexes sync.Map // index name -> *blind.Key, derived on first use
+}
+
+// newKey prepares d for use; the caller may clear d afterwards.
+func newKey(d dek.DEK) *Key { return &Key{C: token.New(d), root: d} }
+
+// IndexKey returns the key of the owner's blind index name, derived from
+// the DEK (HKDF, docs/format.md) on first use.
+func (k *Key) IndexKey(name string) (*blind.Key, error) {
+	if v, ok := k.indexes.Load(name); ok {
+		return v.(*blind.Key), nil
+	}
+	bk, err := blind.NewKey(k.root[:], name)
+	if err != nil {
+		return nil, err
+	}
+	v, _ := k.indexes.LoadOrStore(name, bk)
+	return v.(*blind.Key), nil
 }
 
 // Mode is the kind of transaction a statement runs in.
@@ -169,7 +191,7 @@ func (s *Store) Resolve(db *gorm.DB, mode func() Mode, owners []any, create bool
 			if err != nil {
 				return nil, nil, nil, err
 			}
-			keys[o] = &Key{C: token.New(d)}
+			keys[o] = newKey(d)
 		}
 		return keys, nil, nil, nil
 	}
@@ -296,9 +318,9 @@ func (s *Store) openNow(ctx context.Context, enc []byte) (*Key, error) {
 		}
 		return nil, err
 	}
-	c := token.New(d)
+	k := newKey(d)
 	clear(d[:])
-	return &Key{C: c}, nil
+	return k, nil
 }
 
 func (s *Store) queryErr(err error) error {

@@ -1,0 +1,179 @@
+package envelope_test
+
+import (
+	"errors"
+	"fmt"
+	"strings"
+	"testing"
+
+	"github.com/gorm-envelope/envelope"
+	"github.com/gorm-envelope/envelope/internal/testdb"
+	"gorm.io/gorm"
+	"gorm.io/gorm/clause"
+)
+
+// IxUser is a users table that logs in by email: self-owned, with a
+// unique global index of its encrypted email.
+type IxUser struct {
+	ID       uint    `envelope:"owner"`
+	Name     string  `gorm:"size:64"`
+	Email    string  `gorm:"serializer:envelope"`
+	EmailIdx *string `gorm:"size:80;uniqueIndex" envelope:"index:Email;scope:global;transform:trim,lower"`
+}
+
+// TaxRecord has a per-owner 8-bit index (many false positives) and a
+// global 8-bit one.
+type TaxRecord struct {
+	ID       uint
+	UserID   uint    `envelope:"owner"`
+	TaxID    *string `gorm:"serializer:envelope"`
+	TaxIdx   *string `gorm:"size:16;index" envelope:"index:TaxID;bits:8;transform:digits"`
+	Phone    string  `gorm:"serializer:envelope"`
+	PhoneIdx string  `gorm:"size:16;index" envelope:"index:Phone;scope:global;bits:8;transform:digits"`
+}
+
+func TestMatchLoginByEmail(t *testing.T) {
+	testdb.ForEach(t, func(t *testing.T, db *gorm.DB) {
+		setup(t, db, newKeys(t))
+		must(t, db.AutoMigrate(&IxUser{}))
+		ada := &IxUser{Name: "ada", Email: "Ada@Example.org"}
+		must(t, db.Create(ada).Error)
+		must(t, db.Create(&[]IxUser{{Name: "bob", Email: "bob@example.org"}, {Name: "cy", Email: "cy@example.org"}}).Error)
+
+		var got IxUser
+		must(t, db.Where(envelope.Match("Email", "  ada@EXAMPLE.org ")).First(&got).Error)
+		if got.ID != ada.ID || got.Email != "Ada@Example.org" {
+			t.Fatalf("got %+v, want ada", got)
+		}
+		err := db.Where(envelope.Match("Email", "nobody@example.org")).First(&IxUser{}).Error
+		if !errors.Is(err, gorm.ErrRecordNotFound) {
+			t.Fatalf("no match: %v", err)
+		}
+		var n int64
+		must(t, db.Model(&IxUser{}).Where(envelope.Match("Email", "bob@example.org")).Count(&n).Error)
+		if n != 1 {
+			t.Fatalf("count %d", n)
+		}
+		// The unique index refuses a second account for one address.
+		err = db.Create(&IxUser{Name: "ada2", Email: "ada@example.org"}).Error
+		if err == nil {
+			t.Fatal("duplicate email accepted")
+		}
+		if strings.Contains(err.Error(), "ada@example.org") {
+			t.Fatalf("plaintext in error: %v", err)
+		}
+		// A changed email moves the index with it, on every update path.
+		must(t, db.Model(ada).Update("Email", "ada@new.example").Error)
+		if err := db.Where(envelope.Match("Email", "ada@example.org")).First(&IxUser{}).Error; !errors.Is(err, gorm.ErrRecordNotFound) {
+			t.Fatalf("old email still matches: %v", err)
+		}
+		must(t, db.Where(envelope.Match("Email", "ada@new.example")).First(&got).Error)
+		if got.ID != ada.ID {
+			t.Fatalf("new email: %+v", got)
+		}
+		must(t, db.Model(&IxUser{ID: ada.ID}).Updates(map[string]any{"email": "ada@map.example"}).Error)
+		must(t, db.Where(envelope.Match("Email", "ada@map.example")).First(&got).Error)
+		got.Email = "ada@save.example"
+		must(t, db.Save(&got).Error)
+		must(t, db.Where(envelope.Match("Email", "ada@save.example")).First(&got).Error)
+		must(t, db.Model(&IxUser{ID: ada.ID}).Select("Email").Updates(IxUser{Email: "ada@select.example"}).Error)
+		must(t, db.Where(envelope.Match("Email", "ada@select.example")).First(&got).Error)
+		must(t, db.Model(&IxUser{ID: ada.ID}).Updates(IxUser{Email: "ada@value.example"}).Error)
+		must(t, db.Where(envelope.Match("Email", "ada@value.example")).First(&got).Error)
+		if got.ID != ada.ID {
+			t.Fatalf("after updates: %+v", got)
+		}
+	})
+}
+
+func TestIndexWrittenOnlyWithSource(t *testing.T) {
+	testdb.ForEach(t, func(t *testing.T, db *gorm.DB) {
+		setup(t, db, newKeys(t))
+		must(t, db.AutoMigrate(&IxUser{}))
+		m := &IxUser{Name: "ada", Email: "ada@example.org"}
+		must(t, db.Create(m).Error)
+		before, _ := rawColumn(t, db, "ix_users", "email_idx", m.ID)
+		for name, run := range map[string]func() error{
+			"Update":     func() error { return db.Model(m).Update("email_idx", "1:00").Error },
+			"UpdatesMap": func() error { return db.Model(m).Updates(map[string]any{"EmailIdx": "1:00"}).Error },
+			"Select":     func() error { return db.Model(m).Select("EmailIdx").Updates(IxUser{EmailIdx: ptr("1:00")}).Error },
+			"Omit": func() error {
+				return db.Model(m).Omit("EmailIdx").Select("Email", "EmailIdx").Updates(IxUser{Email: "x@example.org"}).Error
+			},
+			"UpsertLiteral": func() error {
+				return db.Clauses(clause.OnConflict{Columns: []clause.Column{{Name: "id"}}, DoUpdates: clause.Assignments(map[string]any{"email_idx": "1:00"})}).
+					Create(&IxUser{ID: m.ID, Email: "ada@example.org"}).Error
+			},
+		} {
+			err := run()
+			if !errors.Is(err, envelope.ErrUnsafe) {
+				t.Errorf("%s: %v, want ErrUnsafe", name, err)
+			}
+			after, _ := rawColumn(t, db, "ix_users", "email_idx", m.ID)
+			if after != before {
+				t.Errorf("%s: index changed from %q to %q", name, before, after)
+			}
+		}
+	})
+}
+
+func TestMatchTruncatedExact(t *testing.T) {
+	testdb.ForEach(t, func(t *testing.T, db *gorm.DB) {
+		setup(t, db, newKeys(t))
+		must(t, db.AutoMigrate(&TaxRecord{}))
+		const n = 2000
+		recs := make([]TaxRecord, n)
+		for i := range recs {
+			recs[i] = TaxRecord{UserID: uint(1 + i%3), TaxID: ptr(fmt.Sprintf("TX-%05d", i)), Phone: fmt.Sprintf("+1 (555) %04d", i)}
+		}
+		must(t, db.CreateInBatches(recs, 500).Error)
+		for _, i := range []int{0, 7, 1234, n - 1} {
+			var got []TaxRecord
+			must(t, db.Where(envelope.Match("Phone", fmt.Sprintf("1555%04d", i))).Find(&got).Error)
+			if len(got) != 1 || got[0].ID != recs[i].ID {
+				t.Fatalf("phone %d: %d rows %+v", i, len(got), got)
+			}
+			var one TaxRecord
+			must(t, db.Where(envelope.Match("Phone", fmt.Sprintf("+1 555 %04d", i))).Take(&one).Error)
+			if one.ID != recs[i].ID {
+				t.Fatalf("take phone %d: %+v", i, one)
+			}
+			var c int64
+			must(t, db.Model(&TaxRecord{}).Where(envelope.Match("Phone", fmt.Sprintf("1555%04d", i))).Count(&c).Error)
+			if c != 1 {
+				t.Fatalf("count phone %d: %d", i, c)
+			}
+			owner := recs[i].UserID
+			must(t, db.Where(envelope.MatchOwner(owner, "TaxID", fmt.Sprintf("%05d", i))).Find(&got).Error)
+			if len(got) != 1 || got[0].ID != recs[i].ID {
+				t.Fatalf("tax %d: %+v", i, got)
+			}
+			other := owner%3 + 1
+			must(t, db.Where(envelope.MatchOwner(other, "TaxID", fmt.Sprintf("%05d", i))).Find(&got).Error)
+			if len(got) != 0 {
+				t.Fatalf("tax %d found under owner %d: %+v", i, other, got)
+			}
+		}
+		// 8 bits over 2000 rows: the index alone gives about 8 rows per value.
+		var raw []string
+		must(t, db.Table("tax_records").Where("phone_idx = (?)", db.Table("tax_records").Select("phone_idx").Where("id = ?", recs[0].ID)).Pluck("phone_idx", &raw).Error)
+		if len(raw) < 2 {
+			t.Fatalf("an 8-bit index over %d rows shares %d values: the test shows no false positive", n, len(raw))
+		}
+	})
+}
+
+func TestMatchRefusedWithoutIndex(t *testing.T) {
+	testdb.ForEach(t, func(t *testing.T, db *gorm.DB) {
+		setup(t, db, newKeys(t))
+		must(t, db.AutoMigrate(&IxUser{}, &Credential{}))
+		err := db.Where(envelope.Match("Password", "x")).Find(&[]Credential{}).Error
+		if !errors.Is(err, envelope.ErrUnsafe) {
+			t.Fatalf("match without index: %v", err)
+		}
+		err = db.Where(&IxUser{Email: "ada@example.org"}).Find(&[]IxUser{}).Error
+		if !errors.Is(err, envelope.ErrUnsafe) || !strings.Contains(err.Error(), "envelope.Match") {
+			t.Fatalf("struct condition on an indexed field: %v", err)
+		}
+	})
+}
