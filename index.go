@@ -336,7 +336,7 @@ func (c *collector) checkIndexes(m *modelMeta, v reflect.Value) bool {
 	return true
 }
 
-// clearIndexes sets the indexes of field ef of row v to NULL ('' for a
+// clearIndexes sets the indexes of field ef of row v to NULL (” for a
 // string field): the source is NULL, or written later (a self-owned row).
 func (c *collector) clearIndexes(m *modelMeta, ef *encField, v reflect.Value) bool {
 	for _, bi := range ef.idx {

@@ -15,7 +15,9 @@ const MinBits, MaxBits = 1, 256
 
 type SpecError struct{ Step string }
 
-func (e *SpecError) Error() string { return "envelope: unknown index transform " + strconv.Quote(e.Step) }
+func (e *SpecError) Error() string {
+	return "envelope: unknown index transform " + strconv.Quote(e.Step)
+}
 
 type Transform struct{ steps []string }
 
