@@ -7,6 +7,7 @@ import (
 
 	"github.com/gorm-envelope/envelope/dek"
 	"github.com/gorm-envelope/envelope/internal/keystore"
+	"gorm.io/gorm"
 )
 
 var (
@@ -37,6 +38,12 @@ var (
 	// It is the same error as keystore's, which the plugin's own DEK steps
 	// return.
 	ErrConflict = keystore.ErrConflict
+
+	// ErrDuplicate reports a write that would give two rows one value of a
+	// unique blind index: the value is taken. errors.Is(err,
+	// gorm.ErrDuplicatedKey) holds too. The error names the model and
+	// field, never the value.
+	ErrDuplicate = fmt.Errorf("envelope: value already taken (unique blind index): %w", gorm.ErrDuplicatedKey)
 
 	// ErrUnsafe reports an operation refused because it would send or store
 	// plaintext in an encrypted column, or could never work on encrypted

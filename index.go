@@ -436,3 +436,20 @@ func (c *collector) addressableDest() {
 	stmt.Dest = cp.Interface()
 	c.edits = append(c.edits, edit{undo: func() { stmt.Dest = orig }})
 }
+
+// duplicate returns the error for a driver error that reports a unique
+// blind index violated, or nil. The driver's message is dropped: MySQL's
+// quotes the index value.
+func (m *modelMeta) duplicate(err error) error {
+	msg := err.Error()
+	if !errors.Is(err, gorm.ErrDuplicatedKey) && !strings.Contains(msg, "duplicate key") &&
+		!strings.Contains(msg, "Duplicate entry") && !strings.Contains(msg, "UNIQUE constraint failed") {
+		return nil
+	}
+	for _, bi := range m.indexes {
+		if isUnique(m.schema, bi.f) && strings.Contains(msg, bi.f.DBName) {
+			return &FieldError{Model: m.name, Field: bi.src.f.Name, Err: ErrDuplicate}
+		}
+	}
+	return nil
+}

@@ -56,8 +56,8 @@ func TestMatchLoginByEmail(t *testing.T) {
 		}
 		// The unique index refuses a second account for one address.
 		err = db.Create(&IxUser{Name: "ada2", Email: "ada@example.org"}).Error
-		if err == nil {
-			t.Fatal("duplicate email accepted")
+		if !errors.Is(err, envelope.ErrDuplicate) || !errors.Is(err, gorm.ErrDuplicatedKey) {
+			t.Fatalf("duplicate email: %v", err)
 		}
 		if strings.Contains(err.Error(), "ada@example.org") {
 			t.Fatalf("plaintext in error: %v", err)
@@ -174,6 +174,151 @@ func TestMatchRefusedWithoutIndex(t *testing.T) {
 		err = db.Where(&IxUser{Email: "ada@example.org"}).Find(&[]IxUser{}).Error
 		if !errors.Is(err, envelope.ErrUnsafe) || !strings.Contains(err.Error(), "envelope.Match") {
 			t.Fatalf("struct condition on an indexed field: %v", err)
+		}
+	})
+}
+
+// IxNote is owned by an IxUser, for preloads and upserts.
+type IxNote struct {
+	ID      uint
+	UserID  uint    `envelope:"owner"`
+	Title   string  `gorm:"size:32"`
+	Body    *string `gorm:"serializer:envelope"`
+	BodyIdx *string `gorm:"size:80;index" envelope:"index:Body;transform:lower"`
+}
+
+type IxOwner struct {
+	ID    uint
+	Notes []IxNote `gorm:"foreignKey:UserID"`
+}
+
+func TestIndexUpsertsAndNull(t *testing.T) {
+	testdb.ForEach(t, func(t *testing.T, db *gorm.DB) {
+		setup(t, db, newKeys(t))
+		must(t, db.AutoMigrate(&IxNote{}))
+		n := &IxNote{UserID: 4, Title: "a", Body: ptr("First")}
+		must(t, db.Create(n).Error)
+		find := func(body string) []IxNote {
+			t.Helper()
+			var got []IxNote
+			must(t, db.Where(envelope.MatchOwner(4, "Body", body)).Find(&got).Error)
+			return got
+		}
+		if got := find("FIRST"); len(got) != 1 || got[0].ID != n.ID {
+			t.Fatalf("first: %+v", got)
+		}
+		// Upsert from the inserted row: the index follows its source.
+		must(t, db.Clauses(clause.OnConflict{Columns: []clause.Column{{Name: "id"}}, DoUpdates: clause.AssignmentColumns([]string{"body"})}).
+			Create(&IxNote{ID: n.ID, UserID: 4, Body: ptr("Second")}).Error)
+		if got := find("first"); len(got) != 0 {
+			t.Fatalf("old body still matches: %+v", got)
+		}
+		if got := find("second"); len(got) != 1 {
+			t.Fatalf("second: %+v", got)
+		}
+		must(t, db.Clauses(clause.OnConflict{Columns: []clause.Column{{Name: "id"}}, UpdateAll: true}).
+			Create(&IxNote{ID: n.ID, UserID: 4, Title: "b", Body: ptr("Third")}).Error)
+		if got := find("third"); len(got) != 1 {
+			t.Fatalf("third: %+v", got)
+		}
+		// A literal in DO UPDATE cannot carry an index: refused.
+		err := db.Clauses(clause.OnConflict{Columns: []clause.Column{{Name: "id"}}, DoUpdates: clause.Assignments(map[string]any{"body": "fourth"})}).
+			Create(&IxNote{ID: n.ID, UserID: 4, Body: ptr("x")}).Error
+		if !errors.Is(err, envelope.ErrUnsafe) {
+			t.Fatalf("literal upsert: %v", err)
+		}
+		// A NULL source has a NULL index.
+		must(t, db.Model(n).Update("Body", nil).Error)
+		idx, ok := rawColumn(t, db, "ix_notes", "body_idx", n.ID)
+		if ok {
+			t.Fatalf("index of a NULL body: %q", idx)
+		}
+		if got := find("third"); len(got) != 0 {
+			t.Fatalf("NULL body matches: %+v", got)
+		}
+	})
+}
+
+func TestMatchPreloadAndTransaction(t *testing.T) {
+	testdb.ForEach(t, func(t *testing.T, db *gorm.DB) {
+		setup(t, db, newKeys(t))
+		must(t, db.AutoMigrate(&IxOwner{}, &IxNote{}, &IxUser{}))
+		o := &IxOwner{Notes: []IxNote{{Title: "x", Body: ptr("alpha")}, {Title: "y", Body: ptr("beta")}}}
+		must(t, db.Create(o).Error)
+		var got IxOwner
+		must(t, db.Preload("Notes", envelope.MatchOwner(o.ID, "Body", "BETA")).First(&got, o.ID).Error)
+		if len(got.Notes) != 1 || *got.Notes[0].Body != "beta" {
+			t.Fatalf("preload: %+v", got.Notes)
+		}
+		err := db.Transaction(func(tx *gorm.DB) error {
+			u := &IxUser{Name: "tx", Email: "tx@example.org"}
+			if err := tx.Create(u).Error; err != nil {
+				return err
+			}
+			var in IxUser
+			if err := tx.Where(envelope.Match("Email", "TX@example.org")).First(&in).Error; err != nil {
+				return err
+			}
+			if in.ID != u.ID {
+				return fmt.Errorf("in tx: %+v", in)
+			}
+			return errors.New("roll back")
+		})
+		if err == nil || err.Error() != "roll back" {
+			t.Fatalf("transaction: %v", err)
+		}
+		if err := db.Where(envelope.Match("Email", "tx@example.org")).First(&IxUser{}).Error; !errors.Is(err, gorm.ErrRecordNotFound) {
+			t.Fatalf("rolled back row found: %v", err)
+		}
+		// A chain holding a Match can be run again.
+		q := db.Model(&IxNote{}).Where(envelope.MatchOwner(o.ID, "Body", "alpha"))
+		for i := 0; i < 2; i++ {
+			var c int64
+			must(t, q.Count(&c).Error)
+			if c != 1 {
+				t.Fatalf("run %d: count %d", i, c)
+			}
+		}
+		// Delete by match.
+		must(t, db.Where(envelope.MatchOwner(o.ID, "Body", "alpha")).Delete(&IxNote{}).Error)
+		var left int64
+		must(t, db.Model(&IxNote{}).Count(&left).Error)
+		if left != 1 {
+			t.Fatalf("after delete: %d notes", left)
+		}
+		// Without the plugin the condition fails the statement.
+		plain, err := gorm.Open(db.Dialector, &gorm.Config{})
+		must(t, err)
+		if err := plain.Where(envelope.Match("Email", "x")).Find(&[]IxUser{}).Error; !errors.Is(err, envelope.ErrUnsafe) {
+			t.Fatalf("without plugin: %v", err)
+		}
+	})
+}
+
+func TestShredClearsGlobalIndexes(t *testing.T) {
+	testdb.ForEach(t, func(t *testing.T, db *gorm.DB) {
+		setup(t, db, newKeys(t), envelope.Config{Models: []any{&IxUser{}, &TaxRecord{}}})
+		must(t, db.AutoMigrate(&IxUser{}, &TaxRecord{}))
+		u := &IxUser{Name: "gone", Email: "gone@example.org"}
+		keep := &IxUser{Name: "kept", Email: "kept@example.org"}
+		must(t, db.Create(u).Error)
+		must(t, db.Create(keep).Error)
+		// A model the process has not used yet, known from Config.Models.
+		must(t, db.Exec("INSERT INTO tax_records (user_id, phone_idx) VALUES (?, '1:ab'), (?, '1:cd')", u.ID, keep.ID).Error)
+		must(t, envelope.Shred(db, u.ID))
+		if idx, ok := rawColumn(t, db, "ix_users", "email_idx", u.ID); ok {
+			t.Fatalf("shredded owner's index kept: %q", idx)
+		}
+		if idx, ok := rawColumn(t, db, "ix_users", "email_idx", keep.ID); !ok || idx == "" {
+			t.Fatalf("other owner's index cleared")
+		}
+		var phones []string
+		must(t, db.Table("tax_records").Order("user_id").Pluck("phone_idx", &phones).Error)
+		if len(phones) != 2 || phones[0] != "" || phones[1] != "1:cd" {
+			t.Fatalf("tax_records phone_idx after shred: %q", phones)
+		}
+		if err := db.Where(envelope.Match("Email", "gone@example.org")).First(&IxUser{}).Error; !errors.Is(err, gorm.ErrRecordNotFound) {
+			t.Fatalf("shredded owner found: %v", err)
 		}
 	})
 }

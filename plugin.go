@@ -61,6 +61,12 @@ type Config struct {
 	// ([Plugin.PlaintextReads]) and the first is logged. Off by default:
 	// a value that is not a token fails with [ErrDecrypt].
 	AcceptPlaintext bool
+
+	// Models are the app's models with blind indexes (e.g. &User{}),
+	// parsed at db.Use so that [Shred] clears the owner's global index
+	// values in them even before this process has used them. A model used
+	// through the plugin is known from then on without being listed.
+	Models []any
 }
 
 // Plugin is the GORM plugin. Create it with [New] and register it with
@@ -162,6 +168,15 @@ func (p *Plugin) initialize(db *gorm.DB) error {
 		return err
 	}
 	p.store.EnsureLockTable(db)
+	for _, model := range p.cfg.Models {
+		stmt := &gorm.Statement{DB: db}
+		if err := stmt.Parse(model); err != nil {
+			return fmt.Errorf("envelope: Config.Models: %w", err)
+		}
+		if m := p.metaOf(stmt.Schema); m.err != nil {
+			return m.err
+		}
+	}
 	return p.register(db)
 }
 

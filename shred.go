@@ -64,9 +64,12 @@ func Shred(db *gorm.DB, owner any) error {
 			Create(row.Interface()).Error; err != nil {
 			return err
 		}
-		return tx.Table(p.prof.Table).
+		if err := tx.Table(p.prof.Table).
 			Where(clause.Eq{Column: clause.Column{Name: p.prof.Owner.DBName}, Value: o}).
-			UpdateColumn(p.prof.DEK.DBName, dek.Tombstone()).Error
+			UpdateColumn(p.prof.DEK.DBName, dek.Tombstone()).Error; err != nil {
+			return err
+		}
+		return p.clearGlobalIndexes(tx, o)
 	})
 	p.store.Forget(o, old...)
 	if err != nil {
@@ -74,4 +77,31 @@ func Shred(db *gorm.DB, owner any) error {
 	}
 	p.log.Info("envelope: DEK shredded", "owner", o)
 	return nil
+}
+
+// clearGlobalIndexes clears owner's global blind index values in every
+// model the plugin knows.
+func (p *Plugin) clearGlobalIndexes(tx *gorm.DB, owner any) error {
+	var err error
+	p.tables.Range(func(k, v any) bool {
+		m := v.(*modelMeta)
+		set := map[string]any{}
+		for _, bi := range m.indexes {
+			if bi.global {
+				if bi.f.FieldType == typeString {
+					set[bi.f.DBName] = ""
+				} else {
+					set[bi.f.DBName] = nil
+				}
+			}
+		}
+		if len(set) == 0 || m.owner == nil {
+			return true
+		}
+		err = internal(tx).Table(k.(string)).
+			Where(clause.Eq{Column: clause.Column{Name: m.owner.DBName}, Value: owner}).
+			UpdateColumns(set).Error
+		return err == nil
+	})
+	return err
 }

@@ -77,6 +77,13 @@ func (p *Plugin) afterWrite(db *gorm.DB) {
 			e.undo()
 		}
 	}
+	if db.Error != nil && db.Statement.Schema != nil {
+		if m := p.metaOf(db.Statement.Schema); len(m.indexes) > 0 {
+			if err := m.duplicate(db.Error); err != nil {
+				db.Error = err
+			}
+		}
+	}
 	if st := ss.write; st != nil {
 		if st.refusal != nil {
 			// The driver's error may describe the refused value's
