@@ -107,3 +107,30 @@ func (s *Store) Forget() {
 	s.live = map[string][]Version{}
 	s.mu.Unlock()
 }
+
+func (s *Store) Add(ctx context.Context, name string) (Version, error) {
+	s.Forget()
+	vs, err := s.Live(ctx, name, true)
+	if err != nil {
+		return Version{}, err
+	}
+	d, err := dek.NewDEK()
+	if err != nil {
+		return Version{}, err
+	}
+	w, err := s.keys.Seal(ctx, d)
+	if err != nil {
+		return Version{}, err
+	}
+	v := vs[0].Version + 1
+	if err := s.db.WithContext(ctx).Create(&row{Name: name, Version: v, WrappedKey: w}).Error; err != nil {
+		return Version{}, err
+	}
+	s.Forget()
+	return Version{Version: v, Key: d}, nil
+}
+
+func (s *Store) Retire(ctx context.Context, name string, version int) error {
+	defer s.Forget()
+	return s.db.WithContext(ctx).Model(&row{}).Where("name = ? AND version = ?", name, version).Update("retired", true).Error
+}
