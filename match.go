@@ -247,12 +247,17 @@ func (p *Plugin) resolveMatch(db *gorm.DB, m *modelMeta, e *matchExpr, top bool)
 		conds = append(conds, clause.Eq{Column: clause.Column{Table: clause.CurrentTable, Name: m.owner.DBName}, Value: owner})
 	}
 	want := bi.tr.Apply(e.value)
-	if bi.bits >= exactBits && top {
+	_, limited := db.Statement.Clauses["LIMIT"]
+	if top && (bi.bits >= exactBits || !limited) {
+		// The rows can be checked after decryption (filterMatches): a
+		// truncated index's false positives are dropped there, unless a
+		// LIMIT could have let them take a matching row's place.
 		ss := ensureState(db)
 		ss.matches = append(ss.matches, filterWant{bi: bi, want: want})
 		return clause.AndConditions{Exprs: conds}, nil
 	}
-	if bi.bits >= exactBits {
+	if bi.bits >= exactBits || db.DryRun {
+		// A dry run shows the index condition (the candidates' lookup).
 		return clause.AndConditions{Exprs: conds}, nil
 	}
 	return p.exactRows(db, m, bi, conds, want)
