@@ -155,7 +155,7 @@ func isUnique(s *schema.Schema, f *schema.Field) bool {
 type globalKeys struct {
 	mu      sync.Mutex
 	ensured bool
-	derived sync.Map // "name\x00version" -> *blind.Key
+	derived sync.Map // "name\x00key" -> *blind.Key
 }
 
 // prepareIndexKeys runs before a write's transaction begins: it makes sure
@@ -163,13 +163,13 @@ type globalKeys struct {
 // no key is created inside a transaction that may roll back (and SQLite's
 // one writer is not waited for by itself).
 func (p *Plugin) prepareIndexKeys(db *gorm.DB) {
-	if db.Error != nil || db.Statement.Schema == nil || p.keys == nil {
+	if db.Error != nil || db.Statement.Schema == nil || p.keys == nil || inSQLiteTx(db) {
 		return
 	}
 	m := p.metaOf(db.Statement.Schema)
 	for _, bi := range m.indexes {
 		if bi.global {
-			if _, err := p.liveIndexKeys(db.Statement.Context, bi, true); err != nil {
+			if _, err := p.liveIndexKeys(db, bi, true); err != nil {
 				db.AddError(&FieldError{Model: m.name, Field: bi.f.Name, Err: err})
 				return
 			}
@@ -177,14 +177,22 @@ func (p *Plugin) prepareIndexKeys(db *gorm.DB) {
 	}
 }
 
+// inSQLiteTx reports whether db runs in a transaction on SQLite, whose
+// one writer that transaction may be: global index keys are then read and
+// created in it, and not cached (the transaction may roll back).
+func inSQLiteTx(db *gorm.DB) bool {
+	_, tx := db.Statement.ConnPool.(gorm.TxCommitter)
+	return tx && db.Dialector.Name() == "sqlite"
+}
+
 // indexKey returns the key and version that index values of bi are
 // written with: the active global version, or the owner's DEK.
-func (p *Plugin) indexKey(ctx context.Context, bi *blindIdx, k *ownerKey) (*blind.Key, int, error) {
+func (p *Plugin) indexKey(db *gorm.DB, bi *blindIdx, k *ownerKey) (*blind.Key, int, error) {
 	if !bi.global {
 		bk, err := k.IndexKey(bi.name)
 		return bk, 1, err
 	}
-	vs, err := p.liveIndexKeys(ctx, bi, true)
+	vs, err := p.liveIndexKeys(db, bi, true)
 	if err != nil {
 		return nil, 0, err
 	}
@@ -198,16 +206,23 @@ type liveKey struct {
 
 // liveIndexKeys returns every live version of a global index, the active
 // one first; none (and no error) when it has none and create is false.
-func (p *Plugin) liveIndexKeys(ctx context.Context, bi *blindIdx, create bool) ([]liveKey, error) {
+func (p *Plugin) liveIndexKeys(db *gorm.DB, bi *blindIdx, create bool) ([]liveKey, error) {
 	if p.keys == nil {
 		return nil, ErrNoKey
 	}
-	if create {
-		if err := p.ensureIndexTable(ctx); err != nil {
-			return nil, err
+	ctx := db.Statement.Context
+	var vs []indexkeys.Version
+	var err error
+	if inSQLiteTx(db) {
+		vs, err = p.ikeys.LiveTx(ctx, db.Session(&gorm.Session{NewDB: true}), bi.name, create)
+	} else {
+		if create {
+			if err := p.ensureIndexTable(ctx); err != nil {
+				return nil, err
+			}
 		}
+		vs, err = p.ikeys.Live(ctx, bi.name, create)
 	}
-	vs, err := p.ikeys.Live(ctx, bi.name, create)
 	if err != nil {
 		if errors.Is(err, indexkeys.ErrNoKey) {
 			return nil, ErrNoKey
@@ -219,7 +234,9 @@ func (p *Plugin) liveIndexKeys(ctx context.Context, bi *blindIdx, create bool) (
 	}
 	out := make([]liveKey, len(vs))
 	for i, v := range vs {
-		id := bi.name + "\x00" + strconv.Itoa(v.Version)
+		// By the key itself: a key created in a transaction that rolled
+		// back may have a successor with its version number.
+		id := bi.name + "\x00" + string(v.Key[:])
 		if bk, ok := p.gkeys.derived.Load(id); ok {
 			out[i] = liveKey{v.Version, bk.(*blind.Key)}
 			continue
@@ -351,14 +368,13 @@ func (c *collector) clearIndexes(m *modelMeta, ef *encField, v reflect.Value) bo
 // fillIndexes computes the index values of every collected value and puts
 // them where the statement reads them: the row's index field or the map.
 func (c *collector) fillIndexes(keys map[any]*ownerKey) error {
-	ctx := c.db.Statement.Context
 	for i := range c.items {
 		it := &c.items[i]
 		if it.ef == nil {
 			continue
 		}
 		for _, bi := range it.ef.idx {
-			bk, ver, err := c.p.indexKey(ctx, bi, keys[it.owner])
+			bk, ver, err := c.p.indexKey(c.db, bi, keys[it.owner])
 			if err != nil {
 				return &FieldError{Model: it.m.name, Field: bi.f.Name, Err: err}
 			}

@@ -322,3 +322,37 @@ func TestShredClearsGlobalIndexes(t *testing.T) {
 		}
 	})
 }
+
+// A global index key first needed inside a transaction that has already
+// written (SQLite's one writer is then that transaction).
+func TestIndexKeyCreatedInsideWritingTransaction(t *testing.T) {
+	testdb.ForEach(t, func(t *testing.T, db *gorm.DB) {
+		setup(t, db, newKeys(t))
+		must(t, db.AutoMigrate(&Credential{}, &IxUser{}))
+		for _, commit := range []bool{false, true} {
+			err := db.Transaction(func(tx *gorm.DB) error {
+				if err := tx.Create(&Credential{UserID: 9, Password: "pw"}).Error; err != nil {
+					return err
+				}
+				if err := tx.Create(&IxUser{Name: "in", Email: "in@example.org"}).Error; err != nil {
+					return err
+				}
+				var u IxUser
+				if err := tx.Where(envelope.Match("Email", "in@example.org")).First(&u).Error; err != nil {
+					return err
+				}
+				if !commit {
+					return errors.New("roll back")
+				}
+				return nil
+			})
+			if commit {
+				must(t, err)
+			} else if err == nil || err.Error() != "roll back" {
+				t.Fatalf("first transaction: %v", err)
+			}
+		}
+		var u IxUser
+		must(t, db.Where(envelope.Match("Email", "in@example.org")).First(&u).Error)
+	})
+}

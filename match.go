@@ -217,7 +217,7 @@ func (p *Plugin) resolveMatch(db *gorm.DB, m *modelMeta, e *matchExpr, top bool)
 	}
 	var vals []any
 	if bi.global {
-		vs, err := p.liveIndexKeys(db.Statement.Context, bi, false)
+		vs, err := p.liveIndexKeys(db, bi, false)
 		if err != nil {
 			return nil, err
 		}

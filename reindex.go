@@ -110,7 +110,7 @@ func Reindex(ctx context.Context, db *gorm.DB, model any, opts ReindexOptions) (
 		if !bi.global {
 			continue
 		}
-		vs, err := p.liveIndexKeys(ctx, bi, true)
+		vs, err := p.liveIndexKeys(db.WithContext(ctx), bi, true)
 		if err != nil {
 			return res, err
 		}
@@ -140,7 +140,7 @@ func Reindex(ctx context.Context, db *gorm.DB, model any, opts ReindexOptions) (
 		return res, err
 	}
 	for _, bi := range rotating {
-		n, err := p.retireOldVersions(ctx, bi)
+		n, err := p.retireOldVersions(db.WithContext(ctx), bi)
 		res.Retired += n
 		if err != nil {
 			return res, err
@@ -296,7 +296,7 @@ func (r *reindexer) batch(ctx context.Context, batch []reRow) (updated, unreadab
 		for _, bi := range r.m.indexes {
 			var want *string
 			if plain := plains[bi.src.f.DBName]; plain != nil {
-				bk, ver, err := r.p.indexKey(ctx, bi, keys[row.owner])
+				bk, ver, err := r.p.indexKey(r.db, bi, keys[row.owner])
 				if err != nil {
 					return updated, unreadable, &FieldError{Model: r.m.name, Field: bi.f.Name, Owner: row.owner, Err: err}
 				}
@@ -378,8 +378,9 @@ func (p *Plugin) addIndexVersion(ctx context.Context, bi *blindIdx) error {
 
 // retireOldVersions retires every live version of a global index but the
 // active one.
-func (p *Plugin) retireOldVersions(ctx context.Context, bi *blindIdx) (int, error) {
-	vs, err := p.liveIndexKeys(ctx, bi, false)
+func (p *Plugin) retireOldVersions(db *gorm.DB, bi *blindIdx) (int, error) {
+	ctx := db.Statement.Context
+	vs, err := p.liveIndexKeys(db, bi, false)
 	if err != nil {
 		return 0, err
 	}

@@ -164,7 +164,7 @@ func (p *Plugin) sealSelf(db *gorm.DB) {
 				set[sv.ef.f.DBName] = string(tok)
 			}
 			for _, bi := range sv.ef.idx {
-				bk, ver, err := p.indexKey(db.Statement.Context, bi, k)
+				bk, ver, err := p.indexKey(db, bi, k)
 				if err != nil {
 					db.AddError(&FieldError{Model: r.m.name, Field: bi.f.Name, Owner: o, Err: err})
 					return

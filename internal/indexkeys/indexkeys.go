@@ -59,6 +59,9 @@ func (s *Store) Live(ctx context.Context, name string, create bool) ([]Version, 
 	}
 	db := s.db.WithContext(ctx)
 	load := func() ([]Version, error) {
+		if !db.Migrator().HasTable(Table) {
+			return nil, nil
+		}
 		var rows []row
 		if err := db.Where("name = ? AND retired = ?", name, false).Order("version DESC").Find(&rows).Error; err != nil {
 			return nil, err
@@ -133,4 +136,49 @@ func (s *Store) Add(ctx context.Context, name string) (Version, error) {
 func (s *Store) Retire(ctx context.Context, name string, version int) error {
 	defer s.Forget()
 	return s.db.WithContext(ctx).Model(&row{}).Where("name = ? AND version = ?", name, version).Update("retired", true).Error
+}
+
+// LiveTx is Live in the transaction tx, uncached.
+func (s *Store) LiveTx(ctx context.Context, tx *gorm.DB, name string, create bool) ([]Version, error) {
+	if s.keys == nil {
+		return nil, ErrNoKey
+	}
+	db := tx.Session(&gorm.Session{NewDB: true, Context: ctx})
+	load := func() ([]Version, error) {
+		if !db.Migrator().HasTable(Table) {
+			return nil, nil
+		}
+		var rows []row
+		if err := db.Where("name = ? AND retired = ?", name, false).Order("version DESC").Find(&rows).Error; err != nil {
+			return nil, err
+		}
+		var out []Version
+		for _, r := range rows {
+			d, _, err := s.keys.Open(ctx, r.WrappedKey)
+			if err != nil {
+				return nil, err
+			}
+			out = append(out, Version{Version: r.Version, Key: d})
+		}
+		return out, nil
+	}
+	out, err := load()
+	if err != nil || len(out) > 0 || !create {
+		return out, err
+	}
+	if err := db.AutoMigrate(&row{}); err != nil {
+		return nil, err
+	}
+	d, err := dek.NewDEK()
+	if err != nil {
+		return nil, err
+	}
+	w, err := s.keys.Seal(ctx, d)
+	if err != nil {
+		return nil, err
+	}
+	if err := db.Clauses(clause.OnConflict{DoNothing: true}).Create(&row{Name: name, Version: 1, WrappedKey: w}).Error; err != nil {
+		return nil, err
+	}
+	return load()
 }
