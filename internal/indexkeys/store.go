@@ -94,9 +94,12 @@ type OpenError struct {
 	Err     error
 }
 
-// Error names the index and the version, then the reason.
+// Error names the index and the version, then the reason. The keyring's
+// reasons speak of DEKs, which an index key is wrapped as; here they speak
+// of keys.
 func (e *OpenError) Error() string {
-	return fmt.Sprintf("envelope: blind-index key %q version %d: %s", e.Name, e.Version, strings.TrimPrefix(e.Err.Error(), "envelope: "))
+	reason := strings.ReplaceAll(strings.TrimPrefix(e.Err.Error(), "envelope: "), "DEK", "key")
+	return fmt.Sprintf("envelope: blind-index key %q version %d: %s", e.Name, e.Version, reason)
 }
 
 // Unwrap returns Err.
@@ -345,6 +348,8 @@ func (s *Store) Retire(ctx context.Context, name string, version int) error {
 	case found == nil:
 		return fmt.Errorf("%w: %q has no version %d", ErrNoVersion, name, version)
 	case found.retired:
+		// Retired by another Store, maybe: this one stops using it too.
+		s.changed(name)
 		return nil
 	case version == rs[0].version:
 		// The newest version is always live: retiring it needs a newer one,
