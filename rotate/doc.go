@@ -1,9 +1,9 @@
 // Package rotate re-encrypts every Profile DEK under a keyring's primary
 // master key, and counts DEKs by the key that opens them.
 //
-// Rotating the master key rewrites only the Profile table's DEK column:
-// the app's encrypted data is under the DEKs, which do not change, so it is
-// never read or written.
+// Rotating the master key rewrites only the Profile table's DEK column (and
+// the wrapped blind-index keys, see below): the app's encrypted data is
+// under the DEKs, which do not change, so it is never read or written.
 //
 // # Safety
 //
@@ -29,6 +29,18 @@
 // The master key itself must be recorded (the app's environment, a secret
 // store) before Run writes any DEK under it: the envelope command does that
 // for you (envelope rotate --env-file). See docs/key-management.md.
+//
+// # Blind-index keys
+//
+// The keys of global blind indexes, in the table envelope_index_keys, are
+// wrapped under the master key as DEKs are. When the database has that
+// table, [Run] rewraps every row of it too, after the profiles, with the
+// same guarantees (batches, the check, the compare-and-swap, dry runs,
+// reruns), and [Status] and [Verify] count them per key. Only the wrapping
+// changes: the 32 bytes of each key stay the same, so no index value
+// changes. They are counted apart, in the fields of [Result] and
+// [StatusResult] named Index…; a failure names the index and version
+// ([Failure].Index).
 //
 // # Dialects
 //

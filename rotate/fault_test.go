@@ -3,6 +3,7 @@ package rotate
 import (
 	"bytes"
 	"context"
+	"fmt"
 	"math/rand/v2"
 	"os"
 	"os/exec"
@@ -12,6 +13,8 @@ import (
 	"testing"
 	"time"
 
+	"gorm.io/gorm"
+
 	"github.com/gorm-envelope/envelope/dek"
 	"github.com/gorm-envelope/envelope/internal/testdb"
 )
@@ -19,10 +22,24 @@ import (
 // TestRotateSurvivesSIGKILL builds the envelope command, runs
 // "envelope rotate --env-file" on PostgreSQL with small batches, and kills
 // it with SIGKILL at random instants, at least five times. After every kill
-// each DEK must open, to the DEK it was made with, under the keys the env
-// file then holds; the app's data must be untouched; and a final run must
-// finish the rotation.
+// each DEK and each blind-index key must open, to the key it was made
+// with, under the keys the env file then holds; the app's data must be
+// untouched; and a final run must finish the rotation.
 func TestRotateSurvivesSIGKILL(t *testing.T) {
+	survivesSIGKILL(t, 6_000, 300, false)
+}
+
+// TestRotateSurvivesSIGKILLAmongIndexKeys is TestRotateSurvivesSIGKILL with
+// few profiles and many blind-index keys, so that kills land while index
+// keys are being rewrapped: at least two must leave them part done.
+func TestRotateSurvivesSIGKILLAmongIndexKeys(t *testing.T) {
+	survivesSIGKILL(t, 30, 6_000, true)
+}
+
+// survivesSIGKILL seeds profiles DEKs and about indexKeys index keys, then
+// kills rotations until five kills, two of which (among the DEKs, or with
+// indexMidway among the index keys) left the rotation part done.
+func survivesSIGKILL(t *testing.T, profiles, indexKeys int, indexMidway bool) {
 	if testing.Short() {
 		t.Skip("builds the envelope command and kills it repeatedly")
 	}
@@ -34,11 +51,11 @@ func TestRotateSurvivesSIGKILL(t *testing.T) {
 		t.Fatalf("go build: %v\n%s", err, out)
 	}
 
-	const profiles = 6_000
 	old := newKey(t)
 	w := newWorld(t, db)
 	w.seed(t, keyring(t, old), 1, profiles)
 	notes := w.notes(t)
+	made := bulkIndexKeys(t, db, keyring(t, old), indexKeys/3, 3)
 	envFile := filepath.Join(dir, "app.env")
 	if err := os.WriteFile(envFile, []byte("# app\nDEK_ENCRYPTION_KEY="+old+"\nAPP_PORT=8080\n"), 0o600); err != nil {
 		t.Fatal(err)
@@ -89,17 +106,21 @@ func TestRotateSurvivesSIGKILL(t *testing.T) {
 		// Whatever the instant, the env file's keys open every DEK.
 		keys := envKeys(t, envFile)
 		w.check(t, keys, -1)
+		checkIndexKeys(t, db, keys, -1, made)
 		st, verr := Verify(context.Background(), db, Options{Keys: keys, Profile: &Profile{}})
 		if verr != nil {
 			t.Fatalf("after attempt %d: %v", attempt, verr)
 		}
 		if killed {
 			kills++
-			if st.Keys[0].Count > 0 && st.Keys[0].Count < profiles {
+			if done := st.Keys[0].Count; !indexMidway && done > 0 && done < profiles {
 				midway++
 			}
-			t.Logf("attempt %d: killed after %v: %d DEKs under the primary, %d under %d previous keys",
-				attempt, delay.Round(time.Millisecond), st.Keys[0].Count, profiles-st.Keys[0].Count, len(st.Keys)-1)
+			if done := st.IndexKeys[0].Count; indexMidway && done > 0 && done < len(made) {
+				midway++
+			}
+			t.Logf("attempt %d: killed after %v: %d DEKs under the primary, %d under %d previous keys; %d of %d index keys under the primary",
+				attempt, delay.Round(time.Millisecond), st.Keys[0].Count, profiles-st.Keys[0].Count, len(st.Keys)-1, st.IndexKeys[0].Count, len(made))
 		} else {
 			t.Logf("attempt %d: finished in %v", attempt, window.Round(time.Millisecond))
 		}
@@ -114,10 +135,11 @@ func TestRotateSurvivesSIGKILL(t *testing.T) {
 	}
 	keys := envKeys(t, envFile)
 	st, err := Status(context.Background(), db, Options{Keys: keys, Profile: &Profile{}})
-	if err != nil || !st.Current() || st.Keys[0].Count != profiles {
+	if err != nil || !st.Current() || st.Keys[0].Count != profiles || st.IndexKeys[0].Count != len(made) {
 		t.Fatalf("after the rerun: %+v, %v", st, err)
 	}
 	w.check(t, keyring(t, envPrimary(t, envFile)), 0)
+	checkIndexKeys(t, db, keyring(t, envPrimary(t, envFile)), 0, made)
 	if after := w.notes(t); len(after) != len(notes) {
 		t.Fatal("notes changed")
 	} else {
@@ -162,4 +184,33 @@ func envPrimary(t *testing.T, path string) string {
 	}
 	t.Fatal("no primary key in the env file")
 	return ""
+}
+
+// bulkIndexKeys stores versions 1 to versions of n index names under keys,
+// in a few statements, and returns every key by "name vN".
+func bulkIndexKeys(t testing.TB, db *gorm.DB, keys *dek.Keyring, n, versions int) map[string]dek.DEK {
+	t.Helper()
+	ctx := context.Background()
+	indexStore(t, db, keys)
+	made := map[string]dek.DEK{}
+	var rows []indexRow
+	for i := range n {
+		for v := 1; v <= versions; v++ {
+			d, err := dek.NewDEK()
+			if err != nil {
+				t.Fatal(err)
+			}
+			wrapped, err := keys.Seal(ctx, d)
+			if err != nil {
+				t.Fatal(err)
+			}
+			name := fmt.Sprintf("index%d", i)
+			made[fmt.Sprintf("%s v%d", name, v)] = d
+			rows = append(rows, indexRow{Name: name, Version: v, WrappedKey: wrapped})
+		}
+	}
+	if err := db.CreateInBatches(rows, 1000).Error; err != nil {
+		t.Fatal(err)
+	}
+	return made
 }

@@ -10,6 +10,7 @@ import (
 	"gorm.io/gorm"
 
 	"github.com/gorm-envelope/envelope/dek"
+	"github.com/gorm-envelope/envelope/internal/indexkeys"
 	"github.com/gorm-envelope/envelope/internal/profilemeta"
 )
 
@@ -74,37 +75,63 @@ type Progress struct {
 	Rotated, AlreadyCurrent, Empty, Shredded, Failed, Skipped int
 }
 
-// Failure names a DEK that could not be processed. It never holds key
-// material.
+// Failure names a DEK, or a blind-index key, that could not be processed.
+// It never holds key material.
 type Failure struct {
-	ID     string // the profile's primary key
-	Owner  string // the profile's owner column, if known
+	ID    string // the profile's primary key (for an index key, its row's)
+	Owner string // the profile's owner column, if known
+	// Index names a blind-index key by index name and version, e.g.
+	// "email v2"; it is empty for a DEK.
+	Index  string
 	Reason string
 }
 
-// String formats the failure for a report: id, owner if known, reason.
+// String formats the failure for a report: id, owner if known, reason; for
+// a blind-index key, its name and version, id, reason.
 func (f Failure) String() string {
-	if f.Owner == "" {
+	switch {
+	case f.Index != "":
+		return fmt.Sprintf("blind-index key %s (id %s): %s", f.Index, f.ID, f.Reason)
+	case f.Owner == "":
 		return fmt.Sprintf("id %s: %s", f.ID, f.Reason)
 	}
 	return fmt.Sprintf("id %s (owner %s): %s", f.ID, f.Owner, f.Reason)
 }
 
-// FailedError is the error Run and Verify return when some DEKs could not
-// be opened (or re-encrypted). The other DEKs were processed. It wraps
-// [dek.ErrDecrypt].
+// FailedError is the error Run and Verify return when some DEKs or
+// blind-index keys could not be opened (or re-encrypted). The others were
+// processed. It wraps [dek.ErrDecrypt].
 type FailedError struct {
-	Op    string // "rotate" or "verify"
-	Count int
+	Op        string // "rotate" or "verify"
+	Count     int    // DEKs
+	IndexKeys int    // blind-index keys
 }
 
-// Error names the operation and the count, e.g. "rotate: 3 DEKs could not
-// be opened".
+// Error names the operation and the counts, e.g. "rotate: 3 DEKs could not
+// be opened" or "verify: 3 DEKs and 1 blind-index key could not be opened".
 func (e *FailedError) Error() string {
-	if e.Count == 1 {
-		return e.Op + ": 1 DEK could not be opened"
+	return e.Op + ": " + unopened(e.Count, e.IndexKeys) + " could not be opened"
+}
+
+// unopened says how many DEKs and blind-index keys, as in "3 DEKs",
+// "1 blind-index key" or "3 DEKs and 1 blind-index key"; DEKs are named
+// even when zero if there is no index key.
+func unopened(deks, indexKeys int) string {
+	d := "1 DEK"
+	if deks != 1 {
+		d = fmt.Sprintf("%d DEKs", deks)
 	}
-	return fmt.Sprintf("%s: %d DEKs could not be opened", e.Op, e.Count)
+	i := "1 blind-index key"
+	if indexKeys != 1 {
+		i = fmt.Sprintf("%d blind-index keys", indexKeys)
+	}
+	switch {
+	case indexKeys == 0:
+		return d
+	case deks == 0:
+		return i
+	}
+	return d + " and " + i
 }
 
 // Unwrap returns [dek.ErrDecrypt].
@@ -144,6 +171,7 @@ type target struct {
 	id        string // quoted
 	dek       string // quoted
 	owner     string // quoted, or "" when none
+	version   string // quoted version column of the index-key table, or ""
 	batchSize int
 	pgx       bool // PostgreSQL through pgx, which binds Go slices as arrays
 
@@ -201,6 +229,22 @@ func (o *Options) resolve(ctx context.Context, db *gorm.DB) (*target, error) {
 		t.batchSize = DefaultBatchSize
 	}
 	return t, nil
+}
+
+// indexKeys returns the target of the blind-index key table, with t's
+// handle and settings, or nil when the database has no such table.
+func (t *target) indexKeys(ctx context.Context) (*target, error) {
+	ok, err := indexkeys.Exists(ctx, t.db)
+	if err != nil || !ok {
+		return nil, err
+	}
+	ix := *t
+	ix.table = quote(t.db, indexkeys.Table)
+	ix.id = quote(t.db, "id")
+	ix.dek = quote(t.db, "wrapped_key")
+	ix.owner = quote(t.db, "name")
+	ix.version = quote(t.db, "version")
+	return &ix, nil
 }
 
 func orDefault(s, def string) string {

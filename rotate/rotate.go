@@ -34,6 +34,25 @@ type Result struct {
 	Skipped int
 
 	Failures []Failure
+
+	// The blind-index keys (the rows of the table envelope_index_keys, when
+	// the database has it), counted apart: the fields above count DEKs
+	// only. Rewrapping an index key changes how it is stored, never the
+	// key, so no index value changes.
+
+	// IndexKeys counts index keys this run rewrapped under the primary key
+	// (in a dry run: would have).
+	IndexKeys int
+	// IndexKeysCurrent counts index keys already under the primary key.
+	IndexKeysCurrent int
+	// IndexKeysFailed counts index keys that no configured key opens (an
+	// empty one included), or that could not be rewrapped; IndexFailures
+	// names them (up to MaxFailures).
+	IndexKeysFailed int
+	// IndexKeysSkipped counts index keys that kept changing under this run.
+	IndexKeysSkipped int
+
+	IndexFailures []Failure
 }
 
 func (r *Result) progress(scanned, total int) Progress {
@@ -52,6 +71,9 @@ func (r *Result) fail(x row, reason string) {
 }
 
 func newFailure(x row, reason string) Failure {
+	if x.version != nil {
+		return Failure{ID: idText(x.id), Index: ownerText(x.owner) + " v" + ownerText(x.version), Reason: reason}
+	}
 	return Failure{ID: idText(x.id), Owner: ownerText(x.owner), Reason: reason}
 }
 
@@ -94,6 +116,12 @@ type item struct {
 // Result.Failures; the others are still rotated, and Run returns a
 // *[FailedError] naming the count. Any database error stops the run and is
 // returned with the counts so far.
+//
+// Then, when the database has the table envelope_index_keys, Run rewraps
+// every blind-index key in it under the primary key in the same way
+// (batched, checked, compare-and-swap), counted in Result.IndexKeys and the
+// fields after it. The unwrapped key never changes, so no index value
+// does. Options.Progress reports the profiles only.
 func Run(ctx context.Context, db *gorm.DB, opts Options) (Result, error) {
 	var res Result
 	t, err := opts.resolve(ctx, db)
@@ -124,10 +152,32 @@ func Run(ctx context.Context, db *gorm.DB, opts Options) (Result, error) {
 	if err != nil {
 		return res, wrap(interrupted(ctx, err))
 	}
-	if res.Failed > 0 {
-		return res, &FailedError{Op: "rotate", Count: res.Failed}
+	if err := t.rotateIndexKeys(ctx, primaryOnly, opts, &res); err != nil {
+		return res, wrap(interrupted(ctx, err))
+	}
+	if res.Failed > 0 || res.IndexKeysFailed > 0 {
+		return res, &FailedError{Op: "rotate", Count: res.Failed, IndexKeys: res.IndexKeysFailed}
 	}
 	return res, nil
+}
+
+// rotateIndexKeys rewraps the blind-index keys, if the database has them,
+// through the same pipeline as the DEKs, and adds the counts to res.
+func (t *target) rotateIndexKeys(ctx context.Context, primaryOnly *dek.Keyring, opts Options, res *Result) error {
+	ix, err := t.indexKeys(ctx)
+	if err != nil || ix == nil {
+		return err
+	}
+	c := &cryptor{keys: opts.Keys, verify: primaryOnly, strict: true}
+	var ir Result
+	err = ix.pipeline(ctx, c, func(ctx context.Context, rows []row, items []item) (Result, error) {
+		return ix.rotateBatch(ctx, c, rows, items, opts.DryRun)
+	}, func(_ int, d Result) { ir.add(d) })
+	res.add(Result{
+		IndexKeys: ir.Rotated, IndexKeysCurrent: ir.AlreadyCurrent,
+		IndexKeysFailed: ir.Failed, IndexKeysSkipped: ir.Skipped, IndexFailures: ir.Failures,
+	})
+	return err
 }
 
 // interrupted makes an error caused by ctx ending match ctx.Err(): when
@@ -154,6 +204,13 @@ func (r *Result) add(d Result) {
 	r.Skipped += d.Skipped
 	if room := MaxFailures - len(r.Failures); room > 0 {
 		r.Failures = append(r.Failures, d.Failures[:min(room, len(d.Failures))]...)
+	}
+	r.IndexKeys += d.IndexKeys
+	r.IndexKeysCurrent += d.IndexKeysCurrent
+	r.IndexKeysFailed += d.IndexKeysFailed
+	r.IndexKeysSkipped += d.IndexKeysSkipped
+	if room := MaxFailures - len(r.IndexFailures); room > 0 {
+		r.IndexFailures = append(r.IndexFailures, d.IndexFailures[:min(room, len(d.IndexFailures))]...)
 	}
 }
 
@@ -239,6 +296,9 @@ type cryptor struct {
 	keys   *dek.Keyring
 	verify *dek.Keyring // the primary key alone, when rotating
 	status bool         // only classify by key; do not re-encrypt
+	// strict, for blind-index keys, which are never empty or shredded:
+	// such a value is a failure, as it is to the key store.
+	strict bool
 }
 
 // minPerWorker keeps tiny batches on one goroutine.
@@ -269,14 +329,16 @@ func (c *cryptor) process(ctx context.Context, rows []row) []item {
 
 func (c *cryptor) one(ctx context.Context, enc []byte) item {
 	switch {
+	case len(enc) == 0 && c.strict:
+		return item{kind: kindFailed, keyIdx: -1, reason: "empty wrapped key"}
 	case len(enc) == 0:
 		return item{kind: kindEmpty}
-	case dek.IsTombstone(enc):
+	case dek.IsTombstone(enc) && !c.strict:
 		return item{kind: kindShredded}
 	}
 	d, idx, err := c.keys.Open(ctx, enc)
 	if err != nil {
-		return item{kind: kindFailed, keyIdx: -1, reason: reason(err)}
+		return item{kind: kindFailed, keyIdx: -1, reason: c.reason(err.Error())}
 	}
 	defer clear(d[:])
 	if idx == 0 || c.status {
@@ -284,19 +346,24 @@ func (c *cryptor) one(ctx context.Context, enc []byte) item {
 	}
 	sealed, err := c.keys.Seal(ctx, d)
 	if err != nil {
-		return item{kind: kindFailed, keyIdx: idx, reason: reason(err)}
+		return item{kind: kindFailed, keyIdx: idx, reason: c.reason(err.Error())}
 	}
 	check, _, err := c.verify.Open(ctx, sealed)
 	ok := err == nil && subtle.ConstantTimeCompare(check[:], d[:]) == 1
 	clear(check[:])
 	if !ok {
-		return item{kind: kindFailed, keyIdx: idx, reason: "re-encrypted DEK did not open to the same DEK under the primary key"}
+		return item{kind: kindFailed, keyIdx: idx, reason: c.reason("re-encrypted DEK did not open to the same DEK under the primary key")}
 	}
 	return item{kind: kindRotate, keyIdx: idx, sealed: sealed}
 }
 
 // reason is an error's text for a Failure. Errors from dek never contain
-// key material.
-func reason(err error) string {
-	return strings.TrimPrefix(err.Error(), "envelope: ")
+// key material. They speak of DEKs, which an index key is wrapped as: for
+// index keys they speak of keys.
+func (c *cryptor) reason(text string) string {
+	text = strings.TrimPrefix(text, "envelope: ")
+	if c.strict {
+		text = strings.ReplaceAll(text, "DEK", "key")
+	}
+	return text
 }

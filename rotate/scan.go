@@ -9,11 +9,14 @@ import (
 	"gorm.io/gorm"
 )
 
-// row is one profile as read: its primary key, owner and encrypted DEK.
+// row is one profile as read: its primary key, owner and encrypted DEK;
+// or one blind-index key: its primary key, index name, version and
+// wrapped key.
 type row struct {
-	id    any    // int64 or string
-	owner any    // as scanned; formatted only for a Failure
-	enc   []byte // nil when the column is NULL
+	id      any    // int64 or string
+	owner   any    // as scanned; formatted only for a Failure
+	version any    // an index key's version; nil for a profile
+	enc     []byte // nil when the column is NULL
 }
 
 // pool returns the connection pool (or transaction) to run statements on.
@@ -26,6 +29,9 @@ func (t *target) selectList() string {
 	owner := "NULL"
 	if t.owner != "" {
 		owner = t.owner
+	}
+	if t.version != "" {
+		owner += ", " + t.version
 	}
 	return t.id + ", " + owner + ", " + t.dek
 }
@@ -112,13 +118,19 @@ func (t *target) query(ctx context.Context, conn gorm.ConnPool, buf []row, q str
 	defer rows.Close()
 	for rows.Next() {
 		var (
-			id, owner any
-			enc       []byte
+			id, owner, version any
+			enc                []byte
 		)
-		if err := rows.Scan(&id, &owner, &enc); err != nil {
+		var err error
+		if t.version != "" {
+			err = rows.Scan(&id, &owner, &version, &enc)
+		} else {
+			err = rows.Scan(&id, &owner, &enc)
+		}
+		if err != nil {
 			return buf, fmt.Errorf("read %s: %w", t.table, err)
 		}
-		buf = append(buf, row{id: normID(id), owner: owner, enc: enc})
+		buf = append(buf, row{id: normID(id), owner: owner, version: version, enc: enc})
 	}
 	if err := rows.Err(); err != nil {
 		return buf, fmt.Errorf("read %s: %w", t.table, err)

@@ -8,7 +8,8 @@ import (
 	"github.com/gorm-envelope/envelope/dek"
 )
 
-// KeyCount is how many DEKs one master key opens.
+// KeyCount is how many DEKs (in StatusResult.IndexKeys: blind-index keys)
+// one master key opens.
 type KeyCount struct {
 	Index int    // position in the keyring: 0 is the primary, 1.. the previous keys
 	ID    string // the key's fingerprint, dek.KeyID; never the key
@@ -32,20 +33,40 @@ type StatusResult struct {
 	Total int
 
 	Failures []Failure
+
+	// The blind-index keys (the rows of the table envelope_index_keys),
+	// counted apart: the fields above count DEKs only.
+
+	// IndexKeys has one entry per key of Options.Keys, primary first,
+	// counting the index keys it opens; all zero when the database has no
+	// index keys. A previous key can be retired once it opens neither a DEK
+	// nor an index key.
+	IndexKeys []KeyCount
+	// IndexUndecryptable counts index keys that no configured key opens
+	// (an empty one included); IndexFailures names them (up to MaxFailures).
+	IndexUndecryptable int
+	// IndexTotal is the number of index keys examined.
+	IndexTotal int
+
+	IndexFailures []Failure
 }
 
-// Current reports whether every DEK opens under the primary key: nothing
-// is left to rotate and nothing is undecryptable.
+// Current reports whether every DEK and every blind-index key opens under
+// the primary key: nothing is left to rotate and nothing is undecryptable.
 func (s StatusResult) Current() bool {
 	n := 0
 	for _, k := range s.Keys[1:] {
 		n += k.Count
 	}
-	return n == 0 && s.Undecryptable == 0
+	for _, k := range s.IndexKeys[min(1, len(s.IndexKeys)):] {
+		n += k.Count
+	}
+	return n == 0 && s.Undecryptable == 0 && s.IndexUndecryptable == 0
 }
 
 // Status opens every DEK and counts them by the key of opts.Keys that opens
-// them. It writes nothing.
+// them; then, when the database has the table envelope_index_keys, every
+// blind-index key the same way. It writes nothing.
 // Memory stays flat in the number of profiles.
 func Status(ctx context.Context, db *gorm.DB, opts Options) (StatusResult, error) {
 	var st StatusResult
@@ -55,6 +76,7 @@ func Status(ctx context.Context, db *gorm.DB, opts Options) (StatusResult, error
 	}
 	for i, k := range opts.Keys.Keys() {
 		st.Keys = append(st.Keys, KeyCount{Index: i, ID: dek.KeyID(k)})
+		st.IndexKeys = append(st.IndexKeys, KeyCount{Index: i, ID: dek.KeyID(k)})
 	}
 	total := 0
 	if opts.Progress != nil {
@@ -87,15 +109,43 @@ func Status(ctx context.Context, db *gorm.DB, opts Options) (StatusResult, error
 		}
 		return nil
 	})
+	if err == nil {
+		err = t.indexStatus(ctx, opts.Keys, &st)
+	}
 	return st, wrap(err)
 }
 
-// Verify is Status that fails: it returns a *[FailedError] if any DEK
-// cannot be opened by opts.Keys.
+// indexStatus counts the blind-index keys, if the database has them, into
+// st's Index fields.
+func (t *target) indexStatus(ctx context.Context, keys *dek.Keyring, st *StatusResult) error {
+	ix, err := t.indexKeys(ctx)
+	if err != nil || ix == nil {
+		return err
+	}
+	c := &cryptor{keys: keys, status: true, strict: true}
+	return ix.scan(ctx, "", func(rows []row) error {
+		for i, it := range c.process(ctx, rows) {
+			switch it.kind {
+			case kindCurrent:
+				st.IndexKeys[it.keyIdx].Count++
+			default:
+				st.IndexUndecryptable++
+				if len(st.IndexFailures) < MaxFailures {
+					st.IndexFailures = append(st.IndexFailures, newFailure(rows[i], it.reason))
+				}
+			}
+		}
+		st.IndexTotal += len(rows)
+		return nil
+	})
+}
+
+// Verify is Status that fails: it returns a *[FailedError] if any DEK or
+// blind-index key cannot be opened by opts.Keys.
 func Verify(ctx context.Context, db *gorm.DB, opts Options) (StatusResult, error) {
 	st, err := Status(ctx, db, opts)
-	if err == nil && st.Undecryptable > 0 {
-		err = &FailedError{Op: "verify", Count: st.Undecryptable}
+	if err == nil && (st.Undecryptable > 0 || st.IndexUndecryptable > 0) {
+		err = &FailedError{Op: "verify", Count: st.Undecryptable, IndexKeys: st.IndexUndecryptable}
 	}
 	return st, err
 }

@@ -36,6 +36,10 @@ profiles have no DEK or a shredded one. A previous key that opens no DEK can
 be removed from DEK_ENCRYPTION_KEY_PREVIOUS once every app instance runs with
 the current primary. Writes nothing.
 
+When the database has blind-index keys (the table envelope_index_keys), a
+second column counts them the same way: a previous key can be removed once it
+opens neither DEKs nor index keys.
+
 Status is a report: it exits 0 even when some DEKs open under no configured
 key, counting them and warning on stderr; envelope verify is the check that
 exits 1 then. Status exits 1 only when it cannot count (the database or a
@@ -55,6 +59,11 @@ key cannot be opened), and 2 on a bad command line.`,
 		} else if n > 1 {
 			fmt.Fprintf(e.stderr, "envelope: warning: %d DEKs open under no configured key; envelope verify names them and exits 1\n", n)
 		}
+		if n := st.IndexUndecryptable; n == 1 {
+			fmt.Fprintln(e.stderr, "envelope: warning: 1 blind-index key opens under no configured key; envelope verify names it and exits 1")
+		} else if n > 1 {
+			fmt.Fprintf(e.stderr, "envelope: warning: %d blind-index keys open under no configured key; envelope verify names them and exits 1\n", n)
+		}
 		return nil
 	},
 	database: true,
@@ -66,18 +75,24 @@ var cmdVerify = &command{
 	short: "open every DEK; fail if any cannot be opened",
 	long: `Opens every DEK with the configured keys. Exits 0 if all open (or are empty or
 shredded), 1 if any cannot be opened, naming each such profile (id and owner)
-on stderr. Writes nothing.`,
+on stderr. Blind-index keys (the table envelope_index_keys), when there are
+any, are opened too, and one that cannot be is named by index and version.
+Writes nothing.`,
 	flags: cmdStatus.flags,
 	run: func(ctx context.Context, e *env, o *opts) error {
 		st, err := scanKeys(ctx, e, o, "verify")
 		if err != nil {
 			return err
 		}
-		if st.Undecryptable > 0 {
+		if st.Undecryptable > 0 || st.IndexUndecryptable > 0 {
 			printFailures(e.stderr, "cannot open DEK", st.Failures, st.Undecryptable)
-			return &rotate.FailedError{Op: "verify", Count: st.Undecryptable}
+			printFailures(e.stderr, "cannot open", st.IndexFailures, st.IndexUndecryptable)
+			return &rotate.FailedError{Op: "verify", Count: st.Undecryptable, IndexKeys: st.IndexUndecryptable}
 		}
 		fmt.Fprintf(e.stdout, "verified %d profiles: every DEK opens (%d empty, %d shredded)\n", st.Total, st.Empty, st.Shredded)
+		if st.IndexTotal > 0 {
+			fmt.Fprintf(e.stdout, "verified %d blind-index keys: every one opens\n", st.IndexTotal)
+		}
 		return nil
 	},
 	database: true,
@@ -150,23 +165,37 @@ func named(command string, err error) error {
 	return err
 }
 
+// printStatus prints the counts per key; a column of blind-index keys
+// when the database has any.
 func printStatus(w io.Writer, st rotate.StatusResult) {
-	row := func(name, id string, n any) { fmt.Fprintf(w, "%-21s %-16s %8v\n", name, id, n) }
-	row("key", "fingerprint", "DEKs")
-	for _, k := range st.Keys {
+	index := st.IndexTotal > 0
+	row := func(name, id string, n any, ix any) {
+		if !index || ix == "" {
+			fmt.Fprintf(w, "%-21s %-16s %8v\n", name, id, n)
+		} else {
+			fmt.Fprintf(w, "%-21s %-16s %8v %11v\n", name, id, n, ix)
+		}
+	}
+	row("key", "fingerprint", "DEKs", "index keys")
+	for i, k := range st.Keys {
 		name := "primary"
 		if k.Index > 0 {
 			name = fmt.Sprintf("previous %d", k.Index)
 		}
-		row(name, k.ID, k.Count)
+		row(name, k.ID, k.Count, st.IndexKeys[i].Count)
 	}
-	row("none (undecryptable)", "", st.Undecryptable)
-	row("empty", "", st.Empty)
-	row("shredded", "", st.Shredded)
-	row("total", "", st.Total)
-	for _, k := range st.Keys[1:] {
-		if k.Count == 0 {
+	row("none (undecryptable)", "", st.Undecryptable, st.IndexUndecryptable)
+	row("empty", "", st.Empty, "")
+	row("shredded", "", st.Shredded, "")
+	row("total", "", st.Total, st.IndexTotal)
+	for i, k := range st.Keys[1:] {
+		switch ix := st.IndexKeys[i+1].Count; {
+		case k.Count == 0 && ix == 0 && index:
+			fmt.Fprintf(w, "previous key %d (%s) opens no DEK and no blind-index key: it can be retired once every app instance runs with the primary\n", k.Index, k.ID)
+		case k.Count == 0 && ix == 0:
 			fmt.Fprintf(w, "previous key %d (%s) opens no DEK: it can be retired once every app instance runs with the primary\n", k.Index, k.ID)
+		case k.Count == 0:
+			fmt.Fprintf(w, "previous key %d (%s) opens no DEK but %d blind-index keys: envelope rotate --resume rewraps them\n", k.Index, k.ID, ix)
 		}
 	}
 }

@@ -30,6 +30,10 @@ A rotation that is interrupted leaves every DEK readable with the recorded
 keys; "envelope rotate --resume" finishes it. Only the DEK column is written;
 the app's data is not touched. Exits 1 if any DEK could not be rotated.
 
+The blind-index keys in the table envelope_index_keys, when there is one, are
+checked and rewrapped under the new key in the same steps. The keys
+themselves do not change, and so neither does any index value.
+
 With --kms-url (or ENVELOPE_KMS_URL; a build with KMS support), the new key
 is the one the KMS holds at that URL: no key is made and --new-key does not
 apply. Step 2 records DEK_ENCRYPTION_KEY=<the key URL> and
@@ -128,9 +132,10 @@ func runRotate(ctx context.Context, e *env, o *opts) error {
 	if err != nil {
 		return named("rotate", err)
 	}
-	if st.Undecryptable > 0 {
+	if st.Undecryptable > 0 || st.IndexUndecryptable > 0 {
 		printFailures(e.stderr, "cannot open DEK", st.Failures, st.Undecryptable)
-		return fmt.Errorf("rotate: refused: %d DEKs cannot be opened with the current keys; nothing was changed", st.Undecryptable)
+		printFailures(e.stderr, "cannot open", st.IndexFailures, st.IndexUndecryptable)
+		return fmt.Errorf("rotate: refused: %s cannot be opened with the current keys; nothing was changed", unopened(st.Undecryptable, st.IndexUndecryptable))
 	}
 
 	if o.dryRun {
@@ -139,8 +144,12 @@ func runRotate(ctx context.Context, e *env, o *opts) error {
 		if err != nil {
 			return named("rotate", err)
 		}
-		fmt.Fprintf(e.stdout, "dry run: would rotate %d DEKs (%d already current, %d empty, %d shredded); nothing was changed\n",
-			res.Rotated, res.AlreadyCurrent, res.Empty, res.Shredded)
+		index := ""
+		if n := res.IndexKeys + res.IndexKeysCurrent; n > 0 {
+			index = fmt.Sprintf(" and rewrap %d blind-index keys (%d already current)", res.IndexKeys, res.IndexKeysCurrent)
+		}
+		fmt.Fprintf(e.stdout, "dry run: would rotate %d DEKs (%d already current, %d empty, %d shredded)%s; nothing was changed\n",
+			res.Rotated, res.AlreadyCurrent, res.Empty, res.Shredded, index)
 		return nil
 	}
 
@@ -178,7 +187,7 @@ func runRotate(ctx context.Context, e *env, o *opts) error {
 		return fmt.Errorf("%w (every DEK still opens with the recorded keys; to finish: %s)", err, finish)
 	}
 	var total rotate.Result
-	left := 0
+	left, leftIndex := 0, 0
 	for pass := 1; pass <= rotatePasses; pass++ {
 		p := newProgress(e, "rotating")
 		ro.Progress = p.update
@@ -186,9 +195,11 @@ func runRotate(ctx context.Context, e *env, o *opts) error {
 		p.finish()
 		total.Rotated += res.Rotated
 		total.Skipped = res.Skipped
+		total.IndexKeys += res.IndexKeys
 		if err != nil {
 			printFailures(e.stderr, "cannot rotate DEK", res.Failures, res.Failed)
-			fmt.Fprintf(out, "rotated %d DEKs to %s before the error\n", total.Rotated, newID)
+			printFailures(e.stderr, "cannot rewrap", res.IndexFailures, res.IndexKeysFailed)
+			fmt.Fprintf(out, "rotated %d DEKs%s to %s before the error\n", total.Rotated, andIndexKeys(total.IndexKeys), newID)
 			var fe *rotate.FailedError
 			if errors.As(err, &fe) {
 				return err
@@ -199,24 +210,64 @@ func runRotate(ctx context.Context, e *env, o *opts) error {
 		if st, err = rotate.Status(ctx, db, ro); err != nil {
 			return stopped(named("rotate", err))
 		}
-		left = 0
+		left, leftIndex = 0, 0
 		for _, k := range st.Keys[1:] {
 			left += k.Count
 		}
-		if left == 0 && st.Undecryptable == 0 {
+		for _, k := range st.IndexKeys[1:] {
+			leftIndex += k.Count
+		}
+		if left == 0 && leftIndex == 0 && st.Undecryptable == 0 && st.IndexUndecryptable == 0 {
 			break
 		}
 	}
 	fmt.Fprintf(out, "rotated %d DEKs to %s: %d under it, %d empty, %d shredded\n",
 		total.Rotated, newID, st.Keys[0].Count, st.Empty, st.Shredded)
-	if st.Undecryptable > 0 {
-		return fmt.Errorf("rotate: %d DEKs open under no configured key (changed during the rotation?): run envelope verify", st.Undecryptable)
+	if st.IndexTotal > 0 {
+		fmt.Fprintf(out, "rewrapped %d blind-index keys to %s: %d under it; no key and no index value changed\n",
+			total.IndexKeys, newID, st.IndexKeys[0].Count)
 	}
-	if left > 0 {
-		return fmt.Errorf("rotate: %d DEKs are still under a previous key (is an app instance writing with the old primary?): once every instance has the new key, run %s", left, finish)
+	if st.Undecryptable > 0 || st.IndexUndecryptable > 0 {
+		return fmt.Errorf("rotate: %s open under no configured key (changed during the rotation?): run envelope verify", unopened(st.Undecryptable, st.IndexUndecryptable))
+	}
+	if left > 0 || leftIndex > 0 {
+		return fmt.Errorf("rotate: %s still under a previous key (is an app instance writing with the old primary?): once every instance has the new key, run %s", stillUnder(left, leftIndex), finish)
 	}
 	if st.Empty > 0 {
 		fmt.Fprintf(out, "%d profiles have no DEK yet: envelope backfill gives them one\n", st.Empty)
 	}
 	return nil
+}
+
+// unopened says how many DEKs and blind-index keys, as in "3 DEKs",
+// "1 blind-index key" or "3 DEKs and 1 blind-index key"; with no index
+// key, DEKs are named whatever their count.
+func unopened(deks, indexKeys int) string {
+	i := "1 blind-index key"
+	if indexKeys != 1 {
+		i = fmt.Sprintf("%d blind-index keys", indexKeys)
+	}
+	switch {
+	case indexKeys == 0:
+		return fmt.Sprintf("%d DEKs", deks)
+	case deks == 0:
+		return i
+	}
+	return fmt.Sprintf("%d DEKs and %s", deks, i)
+}
+
+// stillUnder is unopened with its verb: "3 DEKs are", "1 blind-index key is".
+func stillUnder(deks, indexKeys int) string {
+	if deks == 0 && indexKeys == 1 {
+		return unopened(deks, indexKeys) + " is"
+	}
+	return unopened(deks, indexKeys) + " are"
+}
+
+// andIndexKeys is " and N blind-index keys" when n > 0.
+func andIndexKeys(n int) string {
+	if n == 0 {
+		return ""
+	}
+	return fmt.Sprintf(" and %d blind-index keys", n)
 }
