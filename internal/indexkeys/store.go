@@ -224,6 +224,12 @@ func (s *Store) fill(ctx context.Context, name string, create bool) ([]Version, 
 
 	rs, err := s.read(ctx, name)
 	if err != nil {
+		if !create {
+			// No table yet: no key yet.
+			if ok, e := exists(ctx, s.pool, s.dialect); e == nil && !ok {
+				return nil, nil
+			}
+		}
 		return nil, err
 	}
 	var made *made
@@ -446,4 +452,28 @@ func next(rs []row) int {
 		return 1
 	}
 	return rs[0].version + 1
+}
+
+// LiveTx is [Store.Live] inside the transaction tx, for SQLite, whose one
+// writer is a transaction that has written: the table and the key are read
+// and created in tx, and nothing is cached, since tx may roll back and take
+// them with it (and with them the rows hashed under the key).
+func (s *Store) LiveTx(ctx context.Context, tx *gorm.DB, name string, create bool) ([]Version, error) {
+	if err := s.check(name, true); err != nil {
+		return nil, err
+	}
+	t := &Store{pool: tx.Statement.ConnPool, dialect: s.dialect, keys: s.keys, ttl: -1, now: s.now, entries: map[string]*entry{}}
+	ok, err := exists(ctx, t.pool, t.dialect)
+	if err != nil {
+		return nil, err
+	}
+	if !ok {
+		if !create {
+			return nil, nil
+		}
+		if _, err := t.pool.ExecContext(ctx, createTable[t.dialect]); err != nil {
+			return nil, fmt.Errorf("envelope: create table %s: %w", Table, err)
+		}
+	}
+	return t.fill(ctx, name, create)
 }

@@ -597,3 +597,26 @@ func TestStoredLikeADEK(t *testing.T) {
 		t.Fatal("the key is stored in the clear")
 	}
 }
+
+// LiveTx creates the table and the key in the transaction, and a rollback
+// takes both away.
+func TestLiveTxRollsBack(t *testing.T) {
+	db := testdb.Open(t, testdb.SQLite)
+	s := New(db, keyring(t, newKey(t)), time.Minute)
+	ctx := context.Background()
+	tx := db.Begin()
+	vs, err := s.LiveTx(ctx, tx, "users.email", true)
+	if err != nil || len(vs) != 1 || vs[0].Version != 1 {
+		t.Fatalf("LiveTx: %v %v", vs, err)
+	}
+	again, err := s.LiveTx(ctx, tx, "users.email", false)
+	if err != nil || len(again) != 1 || again[0].Key != vs[0].Key {
+		t.Fatalf("LiveTx again: %v %v", again, err)
+	}
+	if err := tx.Rollback().Error; err != nil {
+		t.Fatal(err)
+	}
+	if got, err := s.Live(ctx, "users.email", false); err != nil || got != nil {
+		t.Fatalf("after rollback: %v %v", got, err)
+	}
+}
