@@ -103,6 +103,7 @@ var errReported = errors.New("reported")
 type command struct {
 	name, args, short, long string
 	database                bool // uses the database: --driver and --dsn
+	offline                 bool // uses neither the database nor a key: no global flags
 	flags                   func(fs *flag.FlagSet, o *opts)
 	run                     func(ctx context.Context, e *env, o *opts) error
 }
@@ -166,7 +167,7 @@ func runCommand(ctx context.Context, c *command, args []string, e *env, o *opts)
 	if c.flags != nil {
 		c.flags(fs, o)
 	}
-	if c.name != "keygen" {
+	if !c.offline {
 		o.global(fs, e)
 	}
 	err := fs.Parse(args)
@@ -185,7 +186,7 @@ func runCommand(ctx context.Context, c *command, args []string, e *env, o *opts)
 	if fs.NArg() > 0 {
 		return report(e, usagef("%s: unexpected argument %q (see envelope %s --help)", c.name, fs.Arg(0), c.name))
 	}
-	if _, ok := o.kmsRef(); ok && c.name != "keygen" && e.ext.OpenKMS == nil {
+	if _, ok := o.kmsRef(); ok && !c.offline && e.ext.OpenKMS == nil {
 		return report(e, &usageError{errNoKMS.Error()})
 	}
 	if c.database {
