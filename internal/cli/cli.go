@@ -12,11 +12,12 @@
 //
 // Commands:
 //
-//	keygen    print a new master key
-//	rotate    re-encrypt every DEK under a new master key
-//	status    count the DEKs each configured key opens
-//	verify    open every DEK; fail if any cannot be opened
-//	backfill  give a DEK to every profile without one
+//	keygen      print a new master key
+//	rotate      re-encrypt every DEK under a new master key
+//	status      count the DEKs each configured key opens
+//	verify      open every DEK; fail if any cannot be opened
+//	backfill    give a DEK to every profile without one
+//	index-plan  recommend a blind index length for a table
 //
 // The master keys come from DEK_ENCRYPTION_KEY (primary) and
 // DEK_ENCRYPTION_KEY_PREVIOUS (comma-separated older keys), or, for rotate
@@ -108,7 +109,7 @@ type command struct {
 	run                     func(ctx context.Context, e *env, o *opts) error
 }
 
-var commands = []*command{cmdKeygen, cmdRotate, cmdStatus, cmdVerify, cmdBackfill}
+var commands = []*command{cmdKeygen, cmdRotate, cmdStatus, cmdVerify, cmdBackfill, cmdIndexPlan}
 
 const globalHelp = `Usage: envelope [global flags] <command> [flags]
 
@@ -207,7 +208,7 @@ func hasFlags(fs *flag.FlagSet) bool {
 func printGlobalHelp(w io.Writer, e *env) {
 	var cmds strings.Builder
 	for _, c := range commands {
-		fmt.Fprintf(&cmds, "  %-9s %s\n", c.name, c.short)
+		fmt.Fprintf(&cmds, "  %-10s  %s\n", c.name, c.short)
 	}
 	fs := flag.NewFlagSet("envelope", flag.ContinueOnError)
 	(&opts{}).global(fs, e)
