@@ -391,3 +391,28 @@ func TestAllocations(t *testing.T) {
 		}
 	}
 }
+
+// docs/format.md's worked example is the first vector.
+func TestFormatDocExample(t *testing.T) {
+	doc, err := os.ReadFile("../../docs/format.md")
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, example, ok := strings.Cut(string(doc), "### Worked example")
+	if !ok {
+		t.Fatal("docs/format.md has no worked example")
+	}
+	v := loadVectors(t)[0]
+	root, _ := hex.DecodeString(v.RootHex)
+	prk, _ := hkdf.Extract(sha256.New, root, nil)
+	info := hex.EncodeToString([]byte("gorm-envelope blind index v1")) + "` `00` `" + hex.EncodeToString([]byte(v.Name))
+	for _, want := range []string{
+		v.RootHex, v.DEK, "`" + v.Name + "`", info, hex.EncodeToString(prk), v.KeyHex, "`" + v.Transform + "`", fmt.Sprintf("%q", v.Plaintext),
+		v.Transformed, hex.EncodeToString([]byte(v.Transformed)), v.MACHex, fmt.Sprintf("| bits, n | %d, %d:", v.Bits, (v.Bits+7)/8),
+		fmt.Sprintf("| version | %d |", v.Version), "| stored | `" + v.Stored + "` |",
+	} {
+		if !strings.Contains(example, want) {
+			t.Errorf("the worked example in docs/format.md does not show %s", want)
+		}
+	}
+}
