@@ -100,8 +100,8 @@ func PlanBits(rows, distinct uint64) (Plan, error) {
 			countValues(distinct), MaxBits)
 	case p.MinBits > p.MaxBits:
 		p.Bits = p.MaxBits
-		p.Note = fmt.Sprintf("no length both hides values (at most %d bits) and keeps false positives within √rows = %.0f (at least %d bits): at %d bits a query returns about %.0f rows of other values",
-			p.MaxBits, sqrtR, p.MinBits, p.Bits, p.falsePositives(p.Bits))
+		p.Note = fmt.Sprintf("no length both hides values (at most %d bits) and keeps false positives within √rows = %s (at least %d bits): at %d bits a query returns about %.0f rows of other values",
+			p.MaxBits, decimal(sqrtR), p.MinBits, p.Bits, p.falsePositives(p.Bits))
 	default:
 		p.Bits = p.MaxBits
 	}
@@ -121,4 +121,12 @@ func countValues(d uint64) string {
 		return "1 distinct value is"
 	}
 	return fmt.Sprintf("%d distinct values are", d)
+}
+
+// decimal formats x with two decimals, or none if it is a whole number.
+func decimal(x float64) string {
+	if x == math.Trunc(x) {
+		return fmt.Sprintf("%.0f", x)
+	}
+	return fmt.Sprintf("%.2f", x)
 }

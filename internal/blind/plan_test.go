@@ -38,6 +38,9 @@ func TestPlanBits(t *testing.T) {
 		// 9 distinct values, 8/2^2 = 2.
 		{16, 2, 1, 0, 1, 4, 0.5, "too few"},
 		{9, 9, 2, 2, 2, 2, 2, ""},
+		// 10 values in 50 rows: hiding stops at 2 bits (9/4), false
+		// positives reach √50 = 7.07 at 3 (45/8 = 5.6).
+		{50, 10, 3, 2, 2, 11.25, 2.25, "within √rows = 7.07 (at least 3 bits): at 2 bits a query returns about 11 rows"},
 		// The largest table: 2^64-1 distinct values, 62 bits
 		// ((2^64-2)/2^62 is just under 4; at 63 bits, just under 2).
 		{math.MaxUint64, math.MaxUint64, 32, 62, 62, 4, 4, ""},
