@@ -61,7 +61,7 @@ func printPlan(w io.Writer, p blind.Plan) {
 	}
 	row("rows", "%d", p.Rows)
 	row("distinct values", "%d", p.Distinct)
-	row("recommended", "%d bits", p.Bits)
+	row("recommended", "%s", nbits(p.Bits))
 	switch {
 	case p.MaxBits == 0:
 		row("range", "none: %d bits or more for false positives, and no length hides", p.MinBits)
@@ -70,9 +70,25 @@ func printPlan(w io.Writer, p blind.Plan) {
 	default:
 		row("range", "%d to %d bits", p.MinBits, p.MaxBits)
 	}
-	row("false positives", "%.2f rows of other values a query returns, at %d bits (want at most √rows = %.0f)", p.FalsePositives, p.Bits, math.Sqrt(float64(p.Rows)))
-	row("coincidences", "%.2f other values share a value's index value, at %d bits (want at least 2)", p.Coincidences, p.Bits)
+	row("false positives", "%.2f rows of other values a query returns, at %s (want at most √rows = %s)", p.FalsePositives, nbits(p.Bits), sqrtText(p.Rows))
+	row("coincidences", "%.2f other values share a value's index value, at %s (want at least 2)", p.Coincidences, nbits(p.Bits))
 	if p.Note != "" {
 		fmt.Fprintf(w, "note: %s\n", p.Note)
 	}
+}
+
+func nbits(n int) string {
+	if n == 1 {
+		return "1 bit"
+	}
+	return fmt.Sprintf("%d bits", n)
+}
+
+// sqrtText is √n, with two decimals unless it is a whole number.
+func sqrtText(n uint64) string {
+	r := math.Sqrt(float64(n))
+	if r == math.Trunc(r) {
+		return fmt.Sprintf("%.0f", r)
+	}
+	return fmt.Sprintf("%.2f", r)
 }
