@@ -51,7 +51,7 @@ func CheckVersion(version int) error {
 // rekeying.
 type Key struct {
 	// macs holds *macState, one per concurrent call. The key itself is
-	// only in pool.New's closure and in the states: printing a Key with
+	// only in macs.New's closure and in the states: printing a Key with
 	// fmt shows no key bytes.
 	macs sync.Pool
 }
