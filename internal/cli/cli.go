@@ -12,11 +12,12 @@
 //
 // Commands:
 //
-//	keygen    print a new master key
-//	rotate    re-encrypt every DEK under a new master key
-//	status    count the DEKs each configured key opens
-//	verify    open every DEK; fail if any cannot be opened
-//	backfill  give a DEK to every profile without one
+//	keygen      print a new master key
+//	rotate      re-encrypt every DEK under a new master key
+//	status      count the DEKs each configured key opens
+//	verify      open every DEK; fail if any cannot be opened
+//	backfill    give a DEK to every profile without one
+//	index-plan  recommend a blind index length for a table
 //
 // The master keys come from DEK_ENCRYPTION_KEY (primary) and
 // DEK_ENCRYPTION_KEY_PREVIOUS (comma-separated older keys), or, for rotate
@@ -103,11 +104,12 @@ var errReported = errors.New("reported")
 type command struct {
 	name, args, short, long string
 	database                bool // uses the database: --driver and --dsn
+	offline                 bool // uses neither the database nor a key: no global flags
 	flags                   func(fs *flag.FlagSet, o *opts)
 	run                     func(ctx context.Context, e *env, o *opts) error
 }
 
-var commands = []*command{cmdKeygen, cmdRotate, cmdStatus, cmdVerify, cmdBackfill}
+var commands = []*command{cmdKeygen, cmdRotate, cmdStatus, cmdVerify, cmdBackfill, cmdIndexPlan}
 
 const globalHelp = `Usage: envelope [global flags] <command> [flags]
 
@@ -166,7 +168,7 @@ func runCommand(ctx context.Context, c *command, args []string, e *env, o *opts)
 	if c.flags != nil {
 		c.flags(fs, o)
 	}
-	if c.name != "keygen" {
+	if !c.offline {
 		o.global(fs, e)
 	}
 	err := fs.Parse(args)
@@ -185,7 +187,7 @@ func runCommand(ctx context.Context, c *command, args []string, e *env, o *opts)
 	if fs.NArg() > 0 {
 		return report(e, usagef("%s: unexpected argument %q (see envelope %s --help)", c.name, fs.Arg(0), c.name))
 	}
-	if _, ok := o.kmsRef(); ok && c.name != "keygen" && e.ext.OpenKMS == nil {
+	if _, ok := o.kmsRef(); ok && !c.offline && e.ext.OpenKMS == nil {
 		return report(e, &usageError{errNoKMS.Error()})
 	}
 	if c.database {
@@ -206,7 +208,7 @@ func hasFlags(fs *flag.FlagSet) bool {
 func printGlobalHelp(w io.Writer, e *env) {
 	var cmds strings.Builder
 	for _, c := range commands {
-		fmt.Fprintf(&cmds, "  %-9s %s\n", c.name, c.short)
+		fmt.Fprintf(&cmds, "  %-10s  %s\n", c.name, c.short)
 	}
 	fs := flag.NewFlagSet("envelope", flag.ContinueOnError)
 	(&opts{}).global(fs, e)

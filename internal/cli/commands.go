@@ -24,6 +24,7 @@ back it up: without it the encrypted data cannot be read.`,
 		_, err = fmt.Fprintln(e.stdout, k)
 		return err
 	},
+	offline: true,
 }
 
 var cmdStatus = &command{

@@ -23,6 +23,7 @@ type opts struct {
 	dryRun                         bool
 	newKey, envFile                string
 	resume                         bool
+	rows, distinct                 uint64 // index-plan
 
 	opened map[string]dek.Encrypter // KMS keys opened, by URL
 }
