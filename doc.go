@@ -86,6 +86,28 @@
 // retry the statement or its transaction. No error or log line holds a
 // key, a DEK or plaintext.
 //
+// # Blind indexes
+//
+// Encrypted columns cannot be compared, but a plain column tagged
+// envelope:"index:Email" holds a keyed hash of the field's value, written
+// with it on every write path, and [Match] (or [MatchOwner]) finds rows by
+// a value through it:
+//
+//	type User struct {
+//		ID       uint    `envelope:"owner"`
+//		Email    string  `gorm:"serializer:envelope"`
+//		EmailIdx *string `gorm:"size:80;uniqueIndex" envelope:"index:Email;scope:global;transform:trim,lower"`
+//	}
+//
+//	err := db.Where(envelope.Match("Email", "ada@example.org")).First(&u).Error
+//
+// An index is global (one key per index, kept wrapped in the table
+// envelope_index_keys) or per owner (derived from the owner's DEK), full
+// length or truncated ([PlanIndex]); a caller gets exactly the rows whose
+// value matches, truncated or not. [Reindex] fills an index added to a
+// table with rows, and rotates a global index's key in place. The format
+// is in docs/format.md, what an index leaks in docs/security-model.md.
+//
 // # What is not covered
 //
 // Paths on which GORM runs no query callbacks (Pluck, Row().Scan, Rows,
@@ -93,6 +115,6 @@
 // fields are not tagged serializer:envelope, return the stored tokens,
 // never plaintext; such a token saved again is stored unchanged. Encrypted
 // columns cannot be compared or ordered by: struct and map conditions and
-// ORDER BY on them are refused. Raw SQL is the caller's responsibility.
+// ORDER BY on them are refused (use a blind index to find rows by value). Raw SQL is the caller's responsibility.
 // See docs/security-model.md.
 package envelope

@@ -469,3 +469,16 @@ func (m *modelMeta) duplicate(err error) error {
 	}
 	return nil
 }
+
+// IndexPlan is [PlanIndex]'s recommendation: the range of lengths that
+// both hide values (at least two other values expected per index value)
+// and keep lookups cheap (at most √rows false positives per query), the
+// length recommended, and the expected false positives and coincidences
+// at that length. Note explains an empty range.
+type IndexPlan = blind.Plan
+
+// PlanIndex recommends a blind index length (the tag's bits:N) for a table
+// of rows rows holding distinct distinct values, by the rules of
+// CipherSweet's planner and AWS's beacon guidance. The envelope command's
+// index-plan prints the same.
+func PlanIndex(rows, distinct uint64) (IndexPlan, error) { return blind.PlanBits(rows, distinct) }

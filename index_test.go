@@ -356,3 +356,14 @@ func TestIndexKeyCreatedInsideWritingTransaction(t *testing.T) {
 		must(t, db.Where(envelope.Match("Email", "in@example.org")).First(&u).Error)
 	})
 }
+
+func TestPlanIndex(t *testing.T) {
+	p, err := envelope.PlanIndex(10000, 10000)
+	must(t, err)
+	if p.Bits < p.MinBits || p.Bits > p.MaxBits || p.Bits < 7 || p.Bits > 12 {
+		t.Fatalf("10k rows, 10k values: %+v", p)
+	}
+	if _, err := envelope.PlanIndex(0, 0); err == nil {
+		t.Fatal("no rows: no error")
+	}
+}
