@@ -122,6 +122,9 @@ func parseIndex(m *modelMeta, s *schema.Schema, f *schema.Field, tag string) (*b
 			return nil, fmt.Errorf("unknown blind index option %q (index, scope, bits, transform, name)", strings.ToLower(k))
 		}
 	}
+	if bi.name == "" && s.Table == "" {
+		return nil, errors.New("a blind index of a model without a table name needs the name: option")
+	}
 	if bi.name == "" {
 		bi.name = s.Table + "." + bi.src.f.DBName
 	}

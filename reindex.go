@@ -62,7 +62,8 @@ type ReindexResult struct {
 }
 
 // Reindex computes the blind indexes of every row of model (e.g.
-// &User{}), and writes those that differ: it fills an index added to a
+// &User{}; in the table db.Table names, if it names one), and writes those
+// that differ: it fills an index added to a
 // table that already has rows, and, with Rotate, moves every global index
 // to a new key version. Rows are read by primary key in batches, each
 // batch in its own transaction; a row is rewritten only if its encrypted
@@ -102,7 +103,11 @@ func Reindex(ctx context.Context, db *gorm.DB, model any, opts ReindexOptions) (
 	if opts.Settle == 0 {
 		opts.Settle = DefaultCacheTTL
 	}
-	r := &reindexer{p: p, db: db.Session(&gorm.Session{NewDB: true, Context: ctx}), m: m, table: stmt.Schema.Table, opts: opts}
+	table := stmt.Schema.Table
+	if db.Statement.Table != "" {
+		table = db.Statement.Table // Reindex(ctx, db.Table("users"), &User{}, opts)
+	}
+	r := &reindexer{p: p, db: db.Session(&gorm.Session{NewDB: true, Context: ctx}), m: m, table: table, opts: opts}
 
 	// Which global indexes have old versions to retire.
 	rotating := map[string]*blindIdx{}
