@@ -1,6 +1,7 @@
 // Command basic shows gorm-envelope on an in-memory SQLite database: it
 // stores two users' credentials, prints each stored column beside the value
-// read back through GORM, and shows writes the plugin refuses.
+// read back through GORM, logs a user in by an encrypted email through its
+// blind index, and shows writes the plugin refuses.
 //
 //	go run ./examples/basic
 //
@@ -39,6 +40,14 @@ type Credential struct {
 	Blob     []byte  `gorm:"serializer:envelope"`
 }
 
+// User encrypts its own email (its id is its owner), and finds users by
+// email through a blind index: a keyed hash of the lower-cased address.
+type User struct {
+	ID       uint    `envelope:"owner"`
+	Email    string  `gorm:"serializer:envelope"`
+	EmailIdx *string `gorm:"size:80;uniqueIndex" envelope:"index:Email;scope:global;transform:trim,lower"`
+}
+
 func main() {
 	if err := run(); err != nil {
 		fmt.Fprintln(os.Stderr, err)
@@ -61,7 +70,7 @@ func run() error {
 	if err := db.Use(envelope.New(envelope.Config{Keys: keys, Profile: &Profile{}})); err != nil {
 		return err
 	}
-	if err := db.AutoMigrate(&Profile{}, &Credential{}); err != nil {
+	if err := db.AutoMigrate(&Profile{}, &Credential{}, &User{}); err != nil {
 		return err
 	}
 
@@ -79,6 +88,10 @@ func run() error {
 		return err
 	}
 	if err := printProfiles(db); err != nil {
+		return err
+	}
+
+	if err := login(db); err != nil {
 		return err
 	}
 
@@ -107,6 +120,29 @@ func run() error {
 	var got Credential
 	err = db.First(&got, alice.ID).Error
 	fmt.Printf("  First: ErrDecrypt=%v, Password=%q\n    %v\n", errors.Is(err, envelope.ErrDecrypt), got.Password, err)
+	return nil
+}
+
+// login signs two users up and finds one by email, as a login form would.
+func login(db *gorm.DB) error {
+	fmt.Println("\nLogin by email, through the blind index email_idx:")
+	for _, e := range []string{"Ada@Example.org", "grace@example.org"} {
+		if err := db.Create(&User{Email: e}).Error; err != nil {
+			return err
+		}
+	}
+	var u User
+	if err := db.Where(envelope.Match("Email", " ada@EXAMPLE.org")).First(&u).Error; err != nil {
+		return err
+	}
+	var stored struct{ Email, EmailIdx string }
+	if err := db.Raw("SELECT email, email_idx FROM users WHERE id = ?", u.ID).Scan(&stored).Error; err != nil {
+		return err
+	}
+	fmt.Printf("  Match(\"Email\", \" ada@EXAMPLE.org\") finds user %d, email %q\n", u.ID, u.Email)
+	fmt.Printf("    stored email %s, email_idx %s\n", short(sql.NullString{String: stored.Email, Valid: true}), stored.EmailIdx)
+	err := db.Create(&User{Email: "ada@example.org"}).Error
+	fmt.Printf("  sign-up with a taken address: ErrDuplicate=%v\n    %v\n", errors.Is(err, envelope.ErrDuplicate), err)
 	return nil
 }
 
