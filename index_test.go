@@ -455,3 +455,39 @@ func TestRotationKeepsIndexValues(t *testing.T) {
 		}
 	})
 }
+
+// An Update or Delete by a truncated index touches exactly the matching
+// rows, never a row that only shares the index value.
+func TestMatchTruncatedWritesExact(t *testing.T) {
+	testdb.ForEach(t, func(t *testing.T, db *gorm.DB) {
+		setup(t, db, newKeys(t))
+		must(t, db.AutoMigrate(&TaxRecord{}))
+		const n = 1000
+		recs := make([]TaxRecord, n)
+		for i := range recs {
+			recs[i] = TaxRecord{UserID: 1, TaxID: ptr(fmt.Sprint(i)), Phone: fmt.Sprint(i)}
+		}
+		must(t, db.CreateInBatches(recs, 500).Error)
+		// 8 bits over 1000 values: about 4 rows share phone 7's index value.
+		res := db.Model(&TaxRecord{UserID: 1}).Where(envelope.Match("Phone", "7")).Update("TaxID", "seven")
+		must(t, res.Error)
+		if res.RowsAffected != 1 {
+			t.Fatalf("update by match touched %d rows", res.RowsAffected)
+		}
+		var seven []TaxRecord
+		must(t, db.Where(envelope.MatchOwner(1, "TaxID", "seven")).Find(&seven).Error)
+		if len(seven) != 1 || seven[0].Phone != "7" {
+			t.Fatalf("after the update: %+v", seven)
+		}
+		res = db.Where(envelope.Match("Phone", "8")).Delete(&TaxRecord{})
+		must(t, res.Error)
+		if res.RowsAffected != 1 {
+			t.Fatalf("delete by match removed %d rows", res.RowsAffected)
+		}
+		var left int64
+		must(t, db.Model(&TaxRecord{}).Count(&left).Error)
+		if left != n-1 {
+			t.Fatalf("%d rows left", left)
+		}
+	})
+}

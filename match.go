@@ -63,9 +63,16 @@ type filterWant struct {
 	want string // the transformed value
 }
 
-// match replaces the statement's Match conditions by conditions on their
-// index columns, before any guard or SQL.
-func (p *Plugin) match(db *gorm.DB) {
+// match replaces a query's Match conditions by conditions on their index
+// columns, before any guard or SQL.
+func (p *Plugin) match(db *gorm.DB) { p.rewriteMatches(db, true) }
+
+// matchExact is match for statements whose rows cannot be checked after
+// the fact (Row, Update, Delete): a truncated index's matches are resolved
+// to exact rows first.
+func (p *Plugin) matchExact(db *gorm.DB) { p.rewriteMatches(db, false) }
+
+func (p *Plugin) rewriteMatches(db *gorm.DB, isQuery bool) {
 	stmt := db.Statement
 	if db.Error != nil || stmt.Schema == nil {
 		return
@@ -85,7 +92,7 @@ func (p *Plugin) match(db *gorm.DB) {
 	}
 	// Only a query's own top-level conditions can be checked on its rows;
 	// every other match is resolved to exact rows first.
-	query := stmt.ReflectValue.IsValid() && isQueryDest(stmt)
+	query := isQuery && stmt.ReflectValue.IsValid() && isQueryDest(stmt)
 	exprs := make([]clause.Expression, len(w.Exprs))
 	for i, x := range w.Exprs {
 		e, err := p.rewrite(db, m, x, query)
