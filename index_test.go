@@ -491,3 +491,33 @@ func TestMatchTruncatedWritesExact(t *testing.T) {
 		}
 	})
 }
+
+// A query that does not read the indexed field still gets exactly the
+// matching rows.
+func TestMatchWithoutReadingTheField(t *testing.T) {
+	testdb.ForEach(t, func(t *testing.T, db *gorm.DB) {
+		setup(t, db, newKeys(t))
+		must(t, db.AutoMigrate(&TaxRecord{}, &IxUser{}))
+		recs := make([]TaxRecord, 1000)
+		for i := range recs {
+			recs[i] = TaxRecord{UserID: 1, Phone: fmt.Sprint(i)}
+		}
+		must(t, db.CreateInBatches(recs, 500).Error)
+		var got []TaxRecord
+		must(t, db.Select("id", "user_id").Where(envelope.Match("Phone", "7")).Find(&got).Error)
+		if len(got) != 1 || got[0].ID != recs[7].ID {
+			t.Fatalf("Select without the field: %+v", got)
+		}
+		must(t, db.Omit("phone").Where(envelope.Match("Phone", "9")).Find(&got).Error)
+		if len(got) != 1 || got[0].ID != recs[9].ID {
+			t.Fatalf("Omit of the field: %+v", got)
+		}
+		u := &IxUser{Name: "sel", Email: "sel@example.org"}
+		must(t, db.Create(u).Error)
+		var us []IxUser
+		must(t, db.Select("id", "name").Where(envelope.Match("Email", "sel@example.org")).Find(&us).Error)
+		if len(us) != 1 || us[0].ID != u.ID {
+			t.Fatalf("full-length, Select without the field: %+v", us)
+		}
+	})
+}

@@ -7,6 +7,7 @@ import (
 
 	"gorm.io/gorm"
 	"gorm.io/gorm/clause"
+	"gorm.io/gorm/schema"
 )
 
 // Finding rows by an encrypted value.
@@ -255,6 +256,7 @@ func (p *Plugin) resolveMatch(db *gorm.DB, m *modelMeta, e *matchExpr, top bool)
 	}
 	want := bi.tr.Apply(e.value)
 	_, limited := db.Statement.Clauses["LIMIT"]
+	top = top && readsColumn(db.Statement, bi.src.f)
 	if top && (bi.bits >= exactBits || !limited) {
 		// The rows can be checked after decryption (filterMatches): a
 		// truncated index's false positives are dropped there, unless a
@@ -399,4 +401,23 @@ func (p *Plugin) filterMatches(db *gorm.DB) {
 			}
 		}
 	}
+}
+
+// readsColumn reports whether a query's rows hold field f: it is not left
+// out by Select or Omit.
+func readsColumn(stmt *gorm.Statement, f *schema.Field) bool {
+	for _, o := range stmt.Omits {
+		if o == f.Name || o == f.DBName {
+			return false
+		}
+	}
+	if len(stmt.Selects) == 0 {
+		return true
+	}
+	for _, s := range stmt.Selects {
+		if s == "*" || s == f.Name || s == f.DBName {
+			return true
+		}
+	}
+	return false
 }
