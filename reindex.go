@@ -91,11 +91,21 @@ func Reindex(ctx context.Context, db *gorm.DB, model any, opts ReindexOptions) (
 	if m.err != nil {
 		return res, m.err
 	}
+	table := stmt.Schema.Table
+	if db.Statement.Table != "" {
+		table = db.Statement.Table // Reindex(ctx, db.Table("users"), &User{}, opts)
+	}
+	// Errors name the model, or its table when its type has no name (a
+	// struct made at run time, as the envelope command's reindex makes).
+	name := m.name
+	if name == "" {
+		name = table
+	}
 	if len(m.indexes) == 0 {
-		return res, fmt.Errorf("envelope: reindex: model %s has no blind index", m.name)
+		return res, fmt.Errorf("envelope: reindex: model %s has no blind index", name)
 	}
 	if len(stmt.Schema.PrimaryFields) != 1 {
-		return res, fmt.Errorf("envelope: reindex: model %s needs one primary key", m.name)
+		return res, fmt.Errorf("envelope: reindex: model %s needs one primary key", name)
 	}
 	if opts.BatchSize <= 0 {
 		opts.BatchSize = DefaultReindexBatch
@@ -103,11 +113,7 @@ func Reindex(ctx context.Context, db *gorm.DB, model any, opts ReindexOptions) (
 	if opts.Settle == 0 {
 		opts.Settle = DefaultCacheTTL
 	}
-	table := stmt.Schema.Table
-	if db.Statement.Table != "" {
-		table = db.Statement.Table // Reindex(ctx, db.Table("users"), &User{}, opts)
-	}
-	r := &reindexer{p: p, db: db.Session(&gorm.Session{NewDB: true, Context: ctx}), m: m, table: table, opts: opts}
+	r := &reindexer{p: p, db: db.Session(&gorm.Session{NewDB: true, Context: ctx}), m: m, name: name, table: table, opts: opts}
 
 	// Which global indexes have old versions to retire.
 	rotating := map[string]*blindIdx{}
@@ -158,6 +164,7 @@ type reindexer struct {
 	p     *Plugin
 	db    *gorm.DB
 	m     *modelMeta
+	name  string // the model's name in errors
 	table string
 	opts  ReindexOptions
 }
@@ -199,7 +206,7 @@ func (r *reindexer) pass(ctx context.Context, n int, res *ReindexResult) error {
 		}
 		rows, err := q.Rows()
 		if err != nil {
-			return fmt.Errorf("envelope: reindex %s: %w", r.m.name, err)
+			return fmt.Errorf("envelope: reindex %s: %w", r.name, err)
 		}
 		var batch []reRow
 		for rows.Next() {
@@ -210,7 +217,7 @@ func (r *reindexer) pass(ctx context.Context, n int, res *ReindexResult) error {
 			}
 			if err := rows.Scan(ptrs...); err != nil {
 				rows.Close()
-				return fmt.Errorf("envelope: reindex %s: %w", r.m.name, err)
+				return fmt.Errorf("envelope: reindex %s: %w", r.name, err)
 			}
 			row := reRow{id: vals[0], owner: normOwnerAny(asOwner(vals[1])), src: map[string][]byte{}, raw: map[string]any{}, idx: map[string]*string{}}
 			for i, c := range srcCols {
@@ -229,7 +236,7 @@ func (r *reindexer) pass(ctx context.Context, n int, res *ReindexResult) error {
 		}
 		rows.Close()
 		if err := rows.Err(); err != nil {
-			return fmt.Errorf("envelope: reindex %s: %w", r.m.name, err)
+			return fmt.Errorf("envelope: reindex %s: %w", r.name, err)
 		}
 		if len(batch) == 0 {
 			return nil
@@ -303,7 +310,7 @@ func (r *reindexer) batch(ctx context.Context, batch []reRow) (updated, unreadab
 			if plain := plains[bi.src.f.DBName]; plain != nil {
 				bk, ver, err := r.p.indexKey(r.db, bi, keys[row.owner])
 				if err != nil {
-					return updated, unreadable, &FieldError{Model: r.m.name, Field: bi.f.Name, Owner: row.owner, Err: err}
+					return updated, unreadable, &FieldError{Model: r.name, Field: bi.f.Name, Owner: row.owner, Err: err}
 				}
 				v := bi.value(bk, ver, *plain)
 				want = &v
@@ -350,7 +357,7 @@ func (r *reindexer) batch(ctx context.Context, batch []reRow) (updated, unreadab
 		return nil
 	})
 	if err != nil {
-		return 0, unreadable, fmt.Errorf("envelope: reindex %s: %w", r.m.name, err)
+		return 0, unreadable, fmt.Errorf("envelope: reindex %s: %w", r.name, err)
 	}
 	return updated, unreadable, nil
 }

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"reflect"
 	"strings"
 	"testing"
 
@@ -112,4 +113,20 @@ func TestReindexFillsAndRotates(t *testing.T) {
 		rxEmails(t, db, n)
 		must(t, db.Where(envelope.MatchOwner(3, "Owned", "three")).First(&owned).Error)
 	})
+}
+
+// Reindex's errors name a model whose type has no name (a struct made at
+// run time, as the envelope command makes) by its table.
+func TestReindexNamesUnnamedModelByTable(t *testing.T) {
+	db := testdb.Open(t, testdb.SQLite)
+	setup(t, db, newKeys(t))
+	typ := reflect.StructOf([]reflect.StructField{
+		{Name: "ID", Type: reflect.TypeFor[int64](), Tag: `gorm:"primaryKey" envelope:"owner"`},
+		{Name: "Email", Type: reflect.TypeFor[string](), Tag: `gorm:"serializer:envelope"`},
+		{Name: "EmailIdx", Type: reflect.TypeFor[*string](), Tag: `envelope:"index:Email;scope:global;name:rx_missing.email"`},
+	})
+	_, err := envelope.Reindex(context.Background(), db.Table("rx_missing"), reflect.New(typ).Interface(), envelope.ReindexOptions{})
+	if err == nil || !strings.HasPrefix(err.Error(), "envelope: reindex rx_missing: ") {
+		t.Fatalf("got %v, want an error naming rx_missing", err)
+	}
 }

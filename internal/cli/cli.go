@@ -1,6 +1,7 @@
 // Package cli is the envelope command: the operator's tool for
 // gorm-envelope master keys. It makes keys, rotates every Profile DEK to a
-// new master key, and reports which key opens how many DEKs.
+// new master key, reports which key opens how many DEKs, and fills and
+// rotates blind indexes.
 //
 // It lives here, not in package main, so that more than one build of the
 // command can share it: cmd/envelope is the core build, and a build that
@@ -18,6 +19,7 @@
 //	verify      open every DEK; fail if any cannot be opened
 //	backfill    give a DEK to every profile without one
 //	index-plan  recommend a blind index length for a table
+//	reindex     fill a table's blind indexes, or rotate their keys
 //
 // The master keys come from DEK_ENCRYPTION_KEY (primary) and
 // DEK_ENCRYPTION_KEY_PREVIOUS (comma-separated older keys), or, for rotate
@@ -109,7 +111,7 @@ type command struct {
 	run                     func(ctx context.Context, e *env, o *opts) error
 }
 
-var commands = []*command{cmdKeygen, cmdRotate, cmdStatus, cmdVerify, cmdBackfill, cmdIndexPlan}
+var commands = []*command{cmdKeygen, cmdRotate, cmdStatus, cmdVerify, cmdBackfill, cmdIndexPlan, cmdReindex}
 
 const globalHelp = `Usage: envelope [global flags] <command> [flags]
 

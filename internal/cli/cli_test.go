@@ -34,6 +34,10 @@ func TestMain(m *testing.M) {
 //	subst FROM TO              copy FROM to TO, replacing @VAR@ by $VAR
 //	envvar FILE NAME VAR       set VAR to the value of NAME in the env file FILE
 //	perm FILE MODE             the file's permission bits are MODE (octal)
+//	users DB BEFORE AFTER VAR  write BEFORE users to app_users in DB through the
+//	                           plugin, under the key in $VAR, then add the
+//	                           blind index columns, then write AFTER users
+//	                           with the indexed model (reindex_test.go)
 func TestScripts(t *testing.T) {
 	testscript.Run(t, testscript.Params{
 		Dir: "testdata",
@@ -43,6 +47,7 @@ func TestScripts(t *testing.T) {
 			"subst":  cmdSubst,
 			"envvar": cmdEnvvar,
 			"perm":   cmdPerm,
+			"users":  cmdUsers,
 		},
 		Setup: func(e *testscript.Env) error {
 			// Keys come only from what a script sets.
@@ -196,7 +201,7 @@ func TestErrorsAreOneLine(t *testing.T) {
 // A bad --driver, or no --dsn, is a bad command line (exit 2) for every
 // command that uses the database, and is found before the keys are read.
 func TestDatabaseFlagsBeforeKeys(t *testing.T) {
-	for _, cmd := range []string{"status", "verify", "backfill", "rotate"} {
+	for _, cmd := range []string{"status", "verify", "backfill", "rotate", "reindex"} {
 		for _, tc := range []struct {
 			args []string
 			want string

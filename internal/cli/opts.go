@@ -10,6 +10,7 @@ import (
 	"gorm.io/driver/sqlite"
 	"gorm.io/gorm"
 	"gorm.io/gorm/logger"
+	"gorm.io/gorm/schema"
 
 	"github.com/gorm-envelope/envelope/dek"
 	"github.com/gorm-envelope/envelope/rotate"
@@ -24,6 +25,7 @@ type opts struct {
 	newKey, envFile                string
 	resume                         bool
 	rows, distinct                 uint64 // index-plan
+	rx                             reindexFlags
 
 	opened map[string]dek.Encrypter // KMS keys opened, by URL
 }
@@ -98,7 +100,10 @@ func (o *opts) checkDB() error {
 }
 
 // open connects to the database named by the global flags.
-func (o *opts) open() (*gorm.DB, error) {
+func (o *opts) open() (*gorm.DB, error) { return o.openWith(nil) }
+
+// openWith is open with a naming strategy; nil is GORM's.
+func (o *opts) openWith(namer schema.Namer) (*gorm.DB, error) {
 	if err := o.checkDB(); err != nil {
 		return nil, err
 	}
@@ -120,7 +125,7 @@ func (o *opts) open() (*gorm.DB, error) {
 	default: // mysql: MySQL and MariaDB
 		d = mysql.Open(o.dsn)
 	}
-	db, err := gorm.Open(d, &gorm.Config{Logger: logger.Discard, SkipDefaultTransaction: true})
+	db, err := gorm.Open(d, &gorm.Config{Logger: logger.Discard, SkipDefaultTransaction: true, NamingStrategy: namer})
 	if err != nil {
 		return nil, fmt.Errorf("connect to %s database: %w", o.driver, err)
 	}

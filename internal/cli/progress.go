@@ -15,6 +15,7 @@ type progress struct {
 	w       io.Writer
 	tty     bool
 	label   string
+	unit    string // what is counted: "profiles", "rows"
 	every   time.Duration
 	start   time.Time
 	last    time.Time
@@ -24,10 +25,10 @@ type progress struct {
 }
 
 func newProgress(e *env, label string) *progress {
-	return &progress{w: e.stderr, tty: e.tty, label: label, every: 5 * time.Second, start: time.Now()}
+	return &progress{w: e.stderr, tty: e.tty, label: label, unit: "profiles", every: 5 * time.Second, start: time.Now()}
 }
 
-// update is an rotate.Options.Progress callback.
+// update is a rotate.Options.Progress callback.
 func (p *progress) update(pr rotate.Progress) {
 	p.scanned, p.total = pr.Scanned, pr.Total
 	now := time.Now()
@@ -45,7 +46,7 @@ func (p *progress) update(pr rotate.Progress) {
 	}
 	if now.Sub(p.last) >= p.every {
 		p.last = now
-		fmt.Fprintf(p.w, "%s: %d/%d profiles (%d%%)\n", p.label, pr.Scanned, pr.Total, percent(pr.Scanned, pr.Total))
+		fmt.Fprintf(p.w, "%s: %d/%d %s (%d%%)\n", p.label, pr.Scanned, pr.Total, p.unit, percent(pr.Scanned, pr.Total))
 	}
 }
 
