@@ -32,3 +32,6 @@ func PipelineInContext(ctx context.Context) bool {
 	ss := stateIn(ctx)
 	return ss != nil && ss.read != nil
 }
+
+// ForgetIndexKeysForTest drops p's cached global index keys.
+func ForgetIndexKeysForTest(p *Plugin) { p.ikeys.Forget() }

@@ -121,7 +121,8 @@ func Reindex(ctx context.Context, db *gorm.DB, model any, opts ReindexOptions) (
 		if !bi.global {
 			continue
 		}
-		vs, err := p.liveIndexKeys(db.WithContext(ctx), bi, true)
+		// A dry run creates no key: with none yet, every value is new.
+		vs, err := p.liveIndexKeys(db.WithContext(ctx), bi, !opts.DryRun)
 		if err != nil {
 			return res, err
 		}
@@ -307,7 +308,10 @@ func (r *reindexer) batch(ctx context.Context, batch []reRow) (updated, unreadab
 		}
 		for _, bi := range r.m.indexes {
 			var want *string
-			if plain := plains[bi.src.f.DBName]; plain != nil {
+			if plain := plains[bi.src.f.DBName]; plain != nil && r.opts.DryRun && bi.global && !r.hasKey(bi) {
+				unknown := "" // no key yet: no stored value can be right
+				want = &unknown
+			} else if plain != nil {
 				bk, ver, err := r.p.indexKey(r.db, bi, keys[row.owner])
 				if err != nil {
 					return updated, unreadable, &FieldError{Model: r.name, Field: bi.f.Name, Owner: row.owner, Err: err}
@@ -404,4 +408,10 @@ func (p *Plugin) retireOldVersions(db *gorm.DB, bi *blindIdx) (int, error) {
 		n++
 	}
 	return n, nil
+}
+
+// hasKey reports whether global index bi has a key yet.
+func (r *reindexer) hasKey(bi *blindIdx) bool {
+	vs, err := r.p.liveIndexKeys(r.db, bi, false)
+	return err == nil && len(vs) > 0
 }

@@ -57,8 +57,8 @@ next run, with or without --rotate. Per-owner indexes derive their keys from
 the owners' DEKs and are not rotated.
 
 --dry-run counts the rows whose index values would be written, and writes
-none (a global index with no key yet gets its first one, as the app's first
-write would give it). A row whose encrypted value does not open (a shredded
+none (on MySQL the plugin's lock table is still created if it is missing,
+as by any app start). A row whose encrypted value does not open (a shredded
 owner) is counted as unreadable and left as it is: Match never returns it.
 Exits 0 when the run completes, 1 when it fails, 2 on a bad command line.`,
 	flags: func(fs *flag.FlagSet, o *opts) {
