@@ -2,8 +2,6 @@ package token
 
 import (
 	"crypto/rand"
-	"encoding/base64"
-	"fmt"
 	"testing"
 
 	"github.com/fernet/fernet-go"
@@ -79,40 +77,6 @@ func BenchmarkEncrypt(b *testing.B) {
 				if _, err := fernet.EncryptAndSign(msg, &fk); err != nil {
 					b.Fatal(err)
 				}
-			}
-		})
-	}
-}
-
-// BenchmarkBase64 compares the table loops (b64Decode, b64Encode) with
-// encoding/base64, on texts of short tokens' lengths and of a 4 KiB value's
-// token.
-func BenchmarkBase64(b *testing.B) {
-	for _, n := range []int{73, 89, 105, 153, 201, 234, 297, 393, 4153} { // raw token bytes
-		raw := make([]byte, n)
-		rand.Read(raw)
-		text := make([]byte, b64EncodedLen(n))
-		b64Encode(text, raw)
-		dst := make([]byte, b64DecodeBuf(len(text)))
-		size := fmt.Sprintf("%dchars", len(text))
-		b.Run("decode/table/"+size, func(b *testing.B) {
-			for b.Loop() {
-				b64Decode(dst, text)
-			}
-		})
-		b.Run("decode/encoding-base64/"+size, func(b *testing.B) {
-			for b.Loop() {
-				base64.URLEncoding.Decode(dst, text)
-			}
-		})
-		b.Run("encode/table/"+size, func(b *testing.B) {
-			for b.Loop() {
-				b64Encode(text, raw)
-			}
-		})
-		b.Run("encode/encoding-base64/"+size, func(b *testing.B) {
-			for b.Loop() {
-				base64.URLEncoding.Encode(text, raw)
 			}
 		})
 	}

@@ -9,10 +9,12 @@ import (
 	"encoding/base64"
 	"encoding/binary"
 	"fmt"
+	"strings"
 	"testing"
 	"time"
 
 	"github.com/fernet/fernet-go"
+	"github.com/gorm-envelope/envelope/internal/b64"
 )
 
 // TestSameBytesAsFernetGo: for fernet-go's timestamp and IV, EncryptAt's
@@ -57,81 +59,6 @@ func TestSameBytesAsFernetGo(t *testing.T) {
 	}
 }
 
-// TestBase64Codec compares the encoder and the decoder with encoding/base64
-// on every length up to 300 and on 4 KiB.
-func TestBase64Codec(t *testing.T) {
-	strict := base64.URLEncoding.Strict()
-	decoders := map[string]func(dst, src []byte) (int, bool){"b64Decode": b64Decode}
-	for _, n := range append(crossSizes(), 4169, 4170, 4171) {
-		raw := randBytes(t, n)
-		want := strict.EncodeToString(raw)
-		enc := make([]byte, b64EncodedLen(n))
-		b64Encode(enc, raw)
-		if string(enc) != want {
-			t.Fatalf("b64Encode %d bytes:\n got %s\nwant %s", n, enc, want)
-		}
-		for name, decode := range decoders {
-			dst := make([]byte, b64DecodeBuf(len(want)))
-			m, ok := decode(dst, []byte(want))
-			if n == 0 {
-				if ok {
-					t.Fatalf("%s: empty text decoded", name)
-				}
-				continue
-			}
-			if !ok || !bytes.Equal(dst[:m], raw) {
-				t.Fatalf("%s %d bytes: ok=%v got %x", name, n, ok, dst[:m])
-			}
-		}
-	}
-}
-
-// checkB64 compares b64Decode with encoding/base64's strict decoder, which
-// differs only in skipping '\r' and '\n'.
-func checkB64(t *testing.T, src []byte) {
-	t.Helper()
-	want, err := base64.URLEncoding.Strict().DecodeString(string(src))
-	wantOK := err == nil && len(src) > 0 && !bytes.ContainsAny(src, "\r\n")
-	dst := make([]byte, b64DecodeBuf(len(src)))
-	n, ok := b64Decode(dst, src)
-	if ok != wantOK || ok && !bytes.Equal(dst[:n], want) {
-		t.Fatalf("b64Decode(%q) = %x, %v; encoding/base64: %x, %v", src, dst[:n], ok, want, err)
-	}
-}
-
-// TestBase64Strict puts every byte value at every position of texts of a
-// few lengths, short and long (past the decoder's four-group steps), and
-// compares with encoding/base64.
-func TestBase64Strict(t *testing.T) {
-	for _, n := range []int{1, 2, 3, 4, 5, 12, 13, 14, 200, 301, 302} {
-		text := []byte(base64.URLEncoding.EncodeToString(randBytes(t, n)))
-		for i := range text {
-			for ch := range 256 {
-				bad := bytes.Clone(text)
-				bad[i] = byte(ch)
-				checkB64(t, bad)
-			}
-		}
-		checkB64(t, text[:len(text)-1])
-		checkB64(t, append(bytes.Clone(text), '='))
-		checkB64(t, bytes.TrimRight(text, "="))
-	}
-}
-
-func FuzzBase64Decode(f *testing.F) {
-	f.Add([]byte("gAAAAABrCTs8BxApIXNf"))
-	f.Add([]byte("AA=="))
-	f.Add([]byte("AAA="))
-	f.Add([]byte("AB=="))
-	f.Add([]byte("AAB="))
-	f.Add([]byte("A\nA=="))
-	f.Add([]byte("////++++"))
-	long := []byte(base64.URLEncoding.EncodeToString(bytes.Repeat([]byte{0xfb, 0xef, 0x00}, 120)))
-	f.Add(long)
-	f.Add(append(bytes.Clone(long[:200]), append([]byte("\n\n\n\n"), long[200:]...)...))
-	f.Fuzz(checkB64)
-}
-
 // TestStrictText: token text that only a lenient decoder accepts is
 // rejected: line breaks, data after the padding, missing padding, the
 // standard alphabet, and set bits after the last byte.
@@ -153,7 +80,7 @@ func TestStrictText(t *testing.T) {
 			// The character before the padding carries unused bits.
 			i := len(tok) - pad - 1
 			bad := bytes.Clone(tok)
-			bad[i] = alphabet[(bytes.IndexByte([]byte(alphabet), tok[i])+1)%64]
+			bad[i] = b64.Alphabet[(strings.IndexByte(b64.Alphabet, tok[i])+1)%64]
 			cases["unused bits set"] = bad
 		}
 		std := bytes.Map(func(r rune) rune {

@@ -26,6 +26,8 @@ import (
 	"slices"
 	"sync"
 	"time"
+
+	"github.com/gorm-envelope/envelope/internal/b64"
 )
 
 // KeySize is the size of a raw Fernet key: 16 bytes of HMAC key, 16 of AES key.
@@ -173,7 +175,7 @@ func (c *Cipher) AppendEncryptIV(dst, msg []byte, ts int64, iv *[IVSize]byte) ([
 
 // EncryptedLen is the length of the token text for a message of n bytes.
 func EncryptedLen(n int) int {
-	return b64EncodedLen(overhead + (n/blockSize+1)*blockSize)
+	return b64.EncodedLen(overhead + (n/blockSize+1)*blockSize)
 }
 
 // seal appends the token for msg to dst; a nil iv means a random one.
@@ -205,12 +207,12 @@ func (c *Cipher) seal(dst, msg []byte, ts int64, iv *[blockSize]byte) ([]byte, e
 	copy(raw[n-macSize:], k.sum[:])
 	c.states.Put(k)
 
-	m := b64EncodedLen(n)
+	m := b64.EncodedLen(n)
 	if len(dst)+m > cap(dst) {
 		dst = slices.Grow(dst, m)
 	}
 	out := dst[len(dst) : len(dst)+m]
-	b64Encode(out, raw)
+	b64.Encode(out, raw)
 	return dst[:len(dst)+m], nil
 }
 
@@ -239,9 +241,9 @@ func (c *Cipher) open(dst, tok []byte) ([]byte, error) {
 	if len(tok) < MinLen {
 		return dst, ErrInvalid
 	}
-	s := getScratch(b64DecodeBuf(len(tok)))
+	s := getScratch(b64.DecodeBuf(len(tok)))
 	defer putScratch(s)
-	n, ok := b64Decode(s.buf, tok)
+	n, ok := b64.Decode(s.buf, tok)
 	if !ok || n < overhead+blockSize || (n-overhead)%blockSize != 0 {
 		return dst, ErrInvalid
 	}
