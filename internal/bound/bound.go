@@ -200,6 +200,9 @@ func appendAAD(dst []byte, ctx *Context) []byte {
 }
 
 func appendField(dst []byte, s string) []byte {
+	if len(s) < 0x80 { // the usual case: a one-byte length
+		return append(append(dst, byte(len(s))), s...)
+	}
 	return append(binary.AppendUvarint(dst, uint64(len(s))), s...)
 }
 
