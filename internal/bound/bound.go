@@ -147,9 +147,9 @@ func (c *Cipher) SealText(dst, plaintext []byte, ctx *Context) ([]byte, error) {
 	return AppendText(dst, s.raw), nil
 }
 
-// OpenText is Open of the value text's [ParseText] gives, without
-// allocating for the raw value: it allocates only when dst has too little
-// spare capacity for the plaintext.
+// OpenText is Open of the raw value whose text form is text, as
+// [ParseText] reads it, without allocating for the raw value: it allocates
+// only when dst has too little spare capacity for the plaintext.
 func (c *Cipher) OpenText(dst, text []byte, ctx *Context) ([]byte, error) {
 	if ctx == nil {
 		return dst, ErrInvalid
