@@ -57,7 +57,7 @@
 //
 // There is no Seal with a caller's nonce, such as a caller sealing many
 // values could fill from one read of crypto/rand. BenchmarkNonces measures
-// what it would save: about a quarter of a 32-byte Seal outside FIPS mode,
+// what it would save: up to a quarter of a 32-byte Seal outside FIPS mode,
 // under a hundred nanoseconds in a write that costs microseconds; more in
 // FIPS mode, where only a nonce the module draws is an approved service.
 // And a GCM nonce used twice gives away the authentication key, which would
