@@ -52,7 +52,7 @@ type kv struct {
 // matter depends on Kind; see (*side).run.
 type diffOp struct {
 	Kind     string
-	Via      string // how the statement names its row: loaded, row, stale, key, where, owned, owner, ids, auto, id, new, existing
+	Via      string // how the statement names its row: loaded, row, stale, key, where, owned, owner, ids, auto, id, new, existing; index writes: the statement
 	ID       uint   // a credential id
 	IDs      []uint // credential ids (Delete by ids)
 	Who      who    // an owner or a user
@@ -68,6 +68,8 @@ type diffOp struct {
 	Sub      []diffOp // tx: the statements inside
 	Mode     string   // tx: commit, rollback, savepoint, savepoint_rollback
 	SP       [2]int   // tx savepoint modes: Sub[SP[0]:SP[1]] runs after SAVEPOINT and is rolled back to it
+	Idx      string   // a value the op writes into the blind index column itself
+	Match    string   // match ops: the value envelope.Match looks up
 }
 
 // label names the op's kind and variant, as ENVELOPE_DIFF_SKIP matches them.
@@ -122,6 +124,9 @@ func (o diffOp) matches(skip map[string]bool) bool {
 		return true
 	}
 	if skip["move"] && slices.ContainsFunc(o.Cols, func(c string) bool { return isOwnerKey(o.Kind, c) }) {
+		return true
+	}
+	if skip["idx_cols"] && slices.ContainsFunc(o.Cols, func(c string) bool { return strings.HasSuffix(c, "_idx") }) {
 		return true
 	}
 	for _, s := range o.Sub {
@@ -429,19 +434,23 @@ func (s *side) conflict(op diffOp) clause.OnConflict {
 func (s *side) run(db *gorm.DB, op diffOp) error {
 	switch op.Kind {
 	case "create":
-		return db.Create(s.cred(*op.Cred)).Error
+		return db.Create(withIdx(s.cred(*op.Cred), op.Idx)).Error
 	case "create_map":
 		return db.Model(s.model(DiffCred{})).Create(s.mapOf(op.Set)).Error
 	case "create_batch":
 		return db.CreateInBatches(s.credSlice(op.Creds), op.Batch).Error
 	case "save":
-		return db.Save(s.cred(*op.Cred)).Error
+		return db.Save(withIdx(s.cred(*op.Cred), op.Idx)).Error
 	case "updates_struct", "updates_map", "update", "update_column", "update_columns":
 		q, err := s.credQuery(db, op)
 		if err != nil {
 			return err
 		}
-		return s.update(q, op, s.patch(op.Set))
+		return s.update(q, op, withIdx(s.patch(op.Set), op.Idx))
+	case "index_write":
+		return s.indexWrite(db, op)
+	case "match_delete", "user_match_delete", "match_update", "user_match_update":
+		return s.matchWrite(db, op)
 	case "upsert_id", "upsert_serial", "upsert_owner", "upsert_all":
 		return db.Clauses(s.conflict(op)).Create(s.cred(*op.Cred)).Error
 	case "delete":
@@ -471,7 +480,7 @@ func (s *side) run(db *gorm.DB, op diffOp) error {
 
 	case "user_create":
 		u := s.newUser(*op.User, op.Creds)
-		if err := db.Create(u).Error; err != nil {
+		if err := db.Create(withIdx(u, op.Idx)).Error; err != nil {
 			return err
 		}
 		s.bind(op.User.ID, userIDOf(u))
@@ -500,7 +509,7 @@ func (s *side) run(db *gorm.DB, op diffOp) error {
 		if op.Via == "existing" {
 			u = s.user(*op.User)
 		}
-		if err := db.Save(u).Error; err != nil {
+		if err := db.Save(withIdx(u, op.Idx)).Error; err != nil {
 			return err
 		}
 		s.bind(op.User.ID, userIDOf(u))
@@ -520,7 +529,9 @@ func (s *side) run(db *gorm.DB, op diffOp) error {
 		if err != nil {
 			return err
 		}
-		return s.update(q, op, s.userPatch(op.Set))
+		return s.update(q, op, withIdx(s.userPatch(op.Set), op.Idx))
+	case "user_index_write":
+		return s.indexWrite(db, op)
 	case "user_delete":
 		return db.Delete(s.userKey(s.ref(op.Who))).Error
 
@@ -677,6 +688,12 @@ func (o diffOp) GoString() string {
 	}
 	if o.SP != [2]int{} {
 		add("SP", fmt.Sprintf("[2]int{%d, %d}", o.SP[0], o.SP[1]))
+	}
+	if o.Idx != "" {
+		add("Idx", strconv.Quote(o.Idx))
+	}
+	if o.Match != "" {
+		add("Match", strconv.Quote(o.Match))
 	}
 	if o.Sub != nil {
 		var ss []string
@@ -895,7 +912,11 @@ func (g *gen) rowOf(id uint) opCred {
 }
 
 func (g *gen) newCred(id uint) opCred {
-	return opCred{ID: id, Owner: g.owner(), Facility: pick(g.r, []string{"lco", "soar", "gemini", ""}), Serial: g.serial(), Password: g.word("pw"), APIKey: g.optWord("key")}
+	c := opCred{ID: id, Owner: g.owner(), Facility: pick(g.r, []string{"lco", "soar", "gemini", ""}), Serial: g.serial(), Password: g.word("pw")}
+	if g.chance(70) {
+		c.APIKey = ptr(g.apiKey())
+	}
+	return c
 }
 
 // credValue is a value for column k of a credential map or Update.
@@ -910,7 +931,7 @@ func (g *gen) credValue(k string, cur uint) any {
 		if g.chance(25) {
 			return nil
 		}
-		return g.word("key")
+		return g.apiKey()
 	case "facility", "Facility":
 		return g.word("fac")
 	case "serial", "Serial":
@@ -986,7 +1007,7 @@ func (g *gen) userValue(k string, cur uint) any {
 		if g.chance(5) {
 			return nil
 		}
-		return g.word("mail")
+		return g.email()
 	case "phone", "Phone":
 		if g.chance(25) {
 			return nil
@@ -1017,7 +1038,7 @@ func (g *gen) userSet(cur uint, owner bool) []kv {
 }
 
 func (g *gen) newUserRec(w who) opUser {
-	return opUser{ID: w, Name: g.word("name"), Email: g.word("mail"), Phone: g.optWord("tel")}
+	return opUser{ID: w, Name: g.word("name"), Email: g.email(), Phone: g.optWord("tel")}
 }
 
 // handle reserves a new handle for a user whose id the insert assigns.
@@ -1051,6 +1072,8 @@ var diffKinds = []struct {
 	{"user_update", 2}, {"user_update_column", 1}, {"user_upsert", 3}, {"user_delete", 2},
 	{"assoc_append", 3}, {"assoc_replace", 2}, {"assoc_delete", 2}, {"assoc_clear", 1},
 	{"tx", 4}, {"shred", 1},
+	{"index_write", 3}, {"user_index_write", 2},
+	{"match_delete", 2}, {"user_match_delete", 1}, {"match_update", 2}, {"user_match_update", 1},
 }
 
 var diffTotal = func() int {
@@ -1089,6 +1112,7 @@ func (g *gen) op(top bool) (diffOp, bool) {
 			c.Serial = g.existingSerial()
 		}
 		op.Cred = &c
+		op.Idx = g.maybeIdx("diff_creds")
 	case "create_map":
 		c := g.newCred(g.credID(5))
 		names := func(db, field string) string {
@@ -1136,6 +1160,7 @@ func (g *gen) op(top bool) (diffOp, bool) {
 			}
 		}
 		op.Cred = &c
+		op.Idx = g.maybeIdx("diff_creds")
 	case "updates_struct", "updates_map", "update", "update_column", "update_columns":
 		id, ok := g.existingCred()
 		if !ok {
@@ -1159,6 +1184,7 @@ func (g *gen) op(top bool) (diffOp, bool) {
 		switch kind {
 		case "updates_struct":
 			op.Set = g.credPatch(cur)
+			op.Idx = g.maybeIdx("diff_creds")
 		case "updates_map", "update_columns":
 			op.Set = g.credSet(cur, true)
 			if kind == "update_columns" && g.chance(30) {
@@ -1198,6 +1224,9 @@ func (g *gen) op(top bool) (diffOp, bool) {
 				cols := []string{"password", "api_key", "facility", "serial", "user_id"}
 				g.r.Shuffle(len(cols), func(i, j int) { cols[i], cols[j] = cols[j], cols[i] })
 				op.Cols = cols[:1+g.r.IntN(3)]
+				if g.chance(10) {
+					op.Cols = append(op.Cols, "api_key_idx")
+				}
 			case "assign":
 				op.Set = g.credSet(g.h.enc.ref(c.Owner), true)
 				for i := range op.Set { // clause.Assignments takes column names
@@ -1261,6 +1290,7 @@ func (g *gen) op(top bool) (diffOp, bool) {
 			}
 		}
 		op.User = &u
+		op.Idx = g.maybeIdx("diff_users")
 		if g.chance(20) {
 			for range 1 + g.r.IntN(2) {
 				c := g.newCred(g.credID(10))
@@ -1286,6 +1316,9 @@ func (g *gen) op(top bool) (diffOp, bool) {
 			u.ID = g.whoOf(id)
 		}
 		op.User = &u
+		if kind == "user_save" {
+			op.Idx = g.maybeIdx("diff_users")
+		}
 		if kind == "user_upsert" {
 			op.Act = pick(g.r, []string{"nothing", "columns", "columns", "assign", "all"})
 			switch op.Act {
@@ -1293,6 +1326,9 @@ func (g *gen) op(top bool) (diffOp, bool) {
 				cols := []string{"name", "email", "phone"}
 				g.r.Shuffle(len(cols), func(i, j int) { cols[i], cols[j] = cols[j], cols[i] })
 				op.Cols = cols[:1+g.r.IntN(3)]
+				if g.chance(10) {
+					op.Cols = append(op.Cols, "email_idx")
+				}
 			case "assign":
 				op.Set = g.userSet(g.h.enc.ref(u.ID), false)
 				for i := range op.Set {
@@ -1314,6 +1350,7 @@ func (g *gen) op(top bool) (diffOp, bool) {
 		}
 		switch kind {
 		case "user_updates_struct":
+			op.Idx = g.maybeIdx("diff_users")
 			for _, a := range g.userSet(id, true) {
 				if a.V == nil {
 					a.V = ""
@@ -1371,9 +1408,14 @@ func (g *gen) op(top bool) (diffOp, bool) {
 			return op, false
 		}
 		n := 1 + g.r.IntN(4)
+		shred := false
 		for len(op.Sub) < n {
-			if sub, ok := g.op(false); ok {
+			sub, ok := g.op(false)
+			// The shadow runs a match op by the shreds of the steps
+			// before: none in the transaction before it.
+			if ok && !(shred && strings.Contains(sub.Kind, "match_")) {
 				op.Sub = append(op.Sub, sub)
+				shred = shred || sub.Kind == "shred"
 			}
 		}
 		op.Mode = pick(g.r, []string{"commit", "rollback", "savepoint", "savepoint", "savepoint_rollback"})
@@ -1381,6 +1423,8 @@ func (g *gen) op(top bool) (diffOp, bool) {
 			a := g.r.IntN(n + 1)
 			op.SP = [2]int{a, a + g.r.IntN(n-a+1)}
 		}
+	case "index_write", "user_index_write", "match_delete", "user_match_delete", "match_update", "user_match_update":
+		return g.indexOp(op)
 	case "shred":
 		if g.chance(50) {
 			return op, false // half as often as weight 1
