@@ -1369,21 +1369,23 @@ var diffRegressions = []struct {
 	{"MatchOwnerWithoutDEK", []diffOp{
 		{Kind: "create", Cred: &opCred{ID: 1, Owner: 1000001, Serial: "s1", Password: "a", APIKey: ptr("k-alpha")}},
 	}},
+	// An upsert of a new self-owned row whose DO UPDATE names an index
+	// column alone was accepted (its DO UPDATE is dropped, as it can never
+	// run); an index column is never assigned without its source.
+	{"UpsertNewSelfOwnedIndexColumn", []diffOp{
+		{Kind: "user_upsert", Via: "new", User: &opUser{ID: -69, Email: "mail1220"}, Cols: []string{"email_idx"}, Act: "columns"},
+	}},
 }
 
 // diffSkipped names the cases of diffRegressions the plugin still fails,
 // with what goes wrong.
 var diffSkipped = map[string]string{
-	"UpsertIndexColumnWithoutSource":       "ON CONFLICT DO UPDATE SET api_key_idx = excluded.api_key_idx without api_key is accepted",
-	"UpsertGlobalIndexColumnWithoutSource": "ON CONFLICT DO UPDATE SET email_idx = excluded.email_idx without email is accepted",
-	"SelfOwnedUpdatesStructWhere":          "Model(&DiffUser{}).Where(id).Updates(DiffUser{Email: v}) stores a NULL email and keeps the old email_idx",
-	"MatchOwnerWithoutDEK":                 "MatchOwner of an owner with no DEK fails with \"owner has no DEK\" instead of matching nothing",
 }
 
 // diffKnownFailures is the default ENVELOPE_DIFF_SKIP, and the checks
 // replay leaves out: the ops and lookups of the skipped cases of
 // diffRegressions, until the plugin passes them.
-const diffKnownFailures = "idx_cols,match_nodek,user_updates_struct/where"
+const diffKnownFailures = ""
 
 func TestDifferentialRegressions(t *testing.T) {
 	for _, rc := range diffRegressions {

@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"reflect"
 
+	"github.com/gorm-envelope/envelope/internal/keystore"
 	"gorm.io/gorm"
 	"gorm.io/gorm/clause"
 	"gorm.io/gorm/schema"
@@ -243,7 +244,8 @@ func (p *Plugin) resolveMatch(db *gorm.DB, m *modelMeta, e *matchExpr, top bool)
 				return nil, err
 			}
 			vals = append(vals, bi.value(bk, 1, e.value))
-		} else if err := kerrs[owner]; err != nil && !errors.Is(err, ErrShredded) {
+		} else if err := kerrs[owner]; err != nil && !errors.Is(err, ErrShredded) && !errors.Is(err, keystore.ErrNoDEK) {
+			// An owner with no DEK has no rows to match: that is no error.
 			return nil, &FieldError{Model: m.name, Field: bi.f.Name, Owner: owner, Err: err}
 		}
 	}

@@ -53,7 +53,9 @@ var savepoints atomic.Uint64
 // deferSelf reports whether row v of model m is self-owned with its id
 // left to the insert.
 func (c *collector) deferSelf(m *modelMeta, v reflect.Value) bool {
-	return m.selfOwned && c.written != nil && !c.db.DryRun && m.ownerOf(v) == nil
+	// Only an insert assigns the id: an update of a row without its id
+	// has no owner, and is refused as such.
+	return m.selfOwned && !c.update && c.written != nil && !c.db.DryRun && m.ownerOf(v) == nil
 }
 
 // beginSelf makes the statement's insert and the sealing after it one

@@ -31,6 +31,19 @@ func (c *collector) onConflict() {
 		return
 	}
 	m := c.m
+	// An index column is assigned only from the inserted row, with its
+	// source: alone, it would no longer match the row's value. (Checked
+	// before anything else, so that the rule holds for every upsert, even
+	// one whose DO UPDATE can never run.)
+	for _, a := range oc.DoUpdates {
+		if bi := m.idxByDB[a.Column.Name]; bi != nil {
+			col, ok := a.Value.(clause.Column)
+			if !ok || !strings.EqualFold(col.Table, "excluded") || col.Name != a.Column.Name || !assignedFromExcluded(oc.DoUpdates, bi.src.f.DBName) {
+				c.fail(errIndexWrite(m, bi))
+				return
+			}
+		}
+	}
 	if len(c.self) > 0 && !c.cannotConflict(oc) {
 		// A row the insert skips or turns into an update gets no id of
 		// its own, or (MySQL) a wrong one: its values cannot be sealed.
@@ -76,11 +89,8 @@ func (c *collector) onConflict() {
 		assigned[a.Column.Name] = true
 	}
 	for i, a := range set {
-		if bi := m.idxByDB[a.Column.Name]; bi != nil {
-			if col, ok := a.Value.(clause.Column); !ok || !strings.EqualFold(col.Table, "excluded") || col.Name != a.Column.Name {
-				c.fail(errIndexWrite(m, bi))
-			}
-			continue
+		if m.idxByDB[a.Column.Name] != nil {
+			continue // checked above
 		}
 		ef := m.byDB[a.Column.Name]
 		if ef == nil {
@@ -397,4 +407,15 @@ func (c *collector) cannotConflict(oc clause.OnConflict) bool {
 	}
 	cols := columnNames(oc.Columns)
 	return len(cols) == 0 || slices.Equal(cols, stmt.Schema.PrimaryFieldDBNames)
+}
+
+// assignedFromExcluded reports whether set assigns column col from the
+// inserted row (excluded.col).
+func assignedFromExcluded(set []clause.Assignment, col string) bool {
+	for _, a := range set {
+		if v, ok := a.Value.(clause.Column); ok && a.Column.Name == col && strings.EqualFold(v.Table, "excluded") && v.Name == col {
+			return true
+		}
+	}
+	return false
 }
