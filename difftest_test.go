@@ -1379,8 +1379,7 @@ var diffRegressions = []struct {
 
 // diffSkipped names the cases of diffRegressions the plugin still fails,
 // with what goes wrong.
-var diffSkipped = map[string]string{
-}
+var diffSkipped = map[string]string{}
 
 // diffKnownFailures is the default ENVELOPE_DIFF_SKIP, and the checks
 // replay leaves out: the ops and lookups of the skipped cases of
