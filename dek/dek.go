@@ -3,9 +3,13 @@
 // encryption keys (DEKs) that master keys encrypt.
 //
 // Both master keys and DEKs are Fernet keys: 32 random bytes, written as 44
-// characters of URL-safe base64. A DEK is stored encrypted as the Fernet token
-// of its own 44-character text under the primary master key, exactly as TOM
-// Toolkit stores it, so Go and Python can share one database.
+// characters of URL-safe base64. A DEK is stored encrypted under the primary
+// master key, bound to its profile row ([Keyring.SealBound]): what the master
+// key encrypts names the profile table and the owner, so a DEK copied into
+// another owner's row does not open there. The legacy layout, the Fernet
+// token of the DEK's own 44-character text as TOM Toolkit stores it, is
+// still read ([Keyring.OpenBound]) and written by [Keyring.Seal]. Both
+// layouts are in docs/format.md.
 package dek
 
 import (

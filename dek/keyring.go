@@ -92,7 +92,9 @@ func (r *Keyring) Keys() []Encrypter { return append([]Encrypter(nil), r.keys...
 func (r *Keyring) Len() int { return len(r.keys) }
 
 // Seal encrypts d under the primary key, in TOM Toolkit's layout: the token
-// of the DEK's 44-character text.
+// of the DEK's 44-character text, bound to nothing. Profile DEKs are sealed
+// with [Keyring.SealBound]; Seal is for keys that belong to no profile row
+// (the blind-index keys) and for writing TOM Toolkit's layout.
 func (r *Keyring) Seal(ctx context.Context, d DEK) ([]byte, error) {
 	text := d.text()
 	out, err := r.keys[0].Encrypt(ctx, text[:])
@@ -103,30 +105,48 @@ func (r *Keyring) Seal(ctx context.Context, d DEK) ([]byte, error) {
 	return out, nil
 }
 
-// Open decrypts an encrypted DEK with the first key that opens it and
-// returns the DEK and that key's index (0 is the primary). If no key opens
-// it, the error wraps [ErrDecrypt].
+// Open decrypts an encrypted DEK in the legacy layout ([Keyring.Seal]'s)
+// with the first key that opens it and returns the DEK and that key's
+// index (0 is the primary). If no key opens it, the error wraps
+// [ErrDecrypt]. A bound DEK ([Keyring.SealBound]) is refused with
+// ErrDecrypt too: it opens only with its binding, through
+// [Keyring.OpenBound].
 func (r *Keyring) Open(ctx context.Context, encrypted []byte) (DEK, int, error) {
+	text, idx, err := r.decrypt(ctx, encrypted)
+	if err != nil {
+		return DEK{}, -1, err
+	}
+	defer clear(text)
+	if isBound(text) {
+		return DEK{}, -1, errBoundNeedsBinding
+	}
+	d, err := parseDEKText(text)
+	if err != nil {
+		return DEK{}, -1, err
+	}
+	return d, idx, nil
+}
+
+var errBoundNeedsBinding = fmt.Errorf("%w: DEK is bound to a profile row and opens only with its binding", ErrDecrypt)
+
+// decrypt returns the plaintext of an encrypted DEK under the first key
+// that opens it, and that key's index. The caller clears the plaintext.
+func (r *Keyring) decrypt(ctx context.Context, encrypted []byte) ([]byte, int, error) {
 	var firstErr error
 	for i, k := range r.keys {
-		text, err := k.Decrypt(ctx, encrypted)
+		pt, err := k.Decrypt(ctx, encrypted)
 		if err != nil {
 			if !errors.Is(err, ErrDecrypt) && firstErr == nil {
 				firstErr = err
 			}
 			continue
 		}
-		d, err := parseDEKText(text)
-		clear(text)
-		if err != nil {
-			return DEK{}, -1, err
-		}
-		return d, i, nil
+		return pt, i, nil
 	}
 	if firstErr != nil {
 		// A key could not be asked (a KMS outage, a timeout): that is not
 		// proof that no key opens the DEK, so it is not ErrDecrypt.
-		return DEK{}, -1, fmt.Errorf("envelope: open DEK: %w", firstErr)
+		return nil, -1, fmt.Errorf("envelope: open DEK: %w", firstErr)
 	}
-	return DEK{}, -1, fmt.Errorf("%w: no configured master key opens this DEK", ErrDecrypt)
+	return nil, -1, fmt.Errorf("%w: no configured master key opens this DEK", ErrDecrypt)
 }

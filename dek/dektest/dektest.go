@@ -131,6 +131,46 @@ func Run(t *testing.T, h Harness) {
 			t.Fatalf("primary: idx %d, %v", idx, err)
 		}
 	})
+	t.Run("Bound", func(t *testing.T) {
+		// A DEK sealed bound to a profile row through the encrypter opens
+		// with that binding only, under whichever key of the ring sealed it.
+		e, other := h.New(t)
+		oldRing, err := dek.NewKeyring(other)
+		if err != nil {
+			t.Fatal(err)
+		}
+		ring, err := dek.NewKeyring(e, other)
+		if err != nil {
+			t.Fatal(err)
+		}
+		d, _ := dek.NewDEK()
+		b := dek.Binding{Table: "profiles", Owner: "2"}
+		for i, r := range []*dek.Keyring{ring, oldRing} {
+			sealed, err := r.SealBound(ctx, d, b)
+			if err != nil {
+				t.Fatalf("#%d: SealBound: %v", i, err)
+			}
+			got, idx, bound, err := ring.OpenBound(ctx, sealed, b)
+			if err != nil || got != d || idx != i || !bound {
+				t.Fatalf("#%d: OpenBound: idx %d, bound %v, same DEK %v, %v", i, idx, bound, got == d, err)
+			}
+			got, _, _, err = ring.OpenBound(ctx, sealed, dek.Binding{Table: "profiles", Owner: "1"})
+			if !errors.Is(err, dek.ErrBoundElsewhere) || got != (dek.DEK{}) {
+				t.Fatalf("#%d: copied to owner 1: %v, want ErrBoundElsewhere", i, err)
+			}
+			checkSecret(t, h, err)
+			if _, _, err := ring.Open(ctx, sealed); !errors.Is(err, dek.ErrDecrypt) {
+				t.Fatalf("#%d: Open without the binding: %v, want ErrDecrypt", i, err)
+			}
+		}
+		legacy, err := ring.Seal(ctx, d)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if got, idx, bound, err := ring.OpenBound(ctx, legacy, b); err != nil || got != d || idx != 0 || bound {
+			t.Fatalf("legacy layout: idx %d, bound %v, %v", idx, bound, err)
+		}
+	})
 }
 
 func checkSecret(t *testing.T, h Harness, err error) {
