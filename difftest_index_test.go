@@ -881,9 +881,13 @@ func TestDifferentialIndexHarness(t *testing.T) {
 		check("index put back", "")
 		// Row 1 given row 2's index value: a lookup of k-beta reads it and
 		// must drop it, a lookup of k-alpha misses it.
-		exec("UPDATE diff_creds SET api_key_idx = ? WHERE id = 1", idx2)
-		check("index of the other row", "match-mismatch")
-		exec("UPDATE diff_creds SET api_key_idx = ? WHERE id = 1", idx1)
+		// (Six bits: the two rows share an index value one time in 64, and
+		// then there is nothing to tell apart.)
+		if idx2 != idx1 {
+			exec("UPDATE diff_creds SET api_key_idx = ? WHERE id = 1", idx2)
+			check("index of the other row", "match-mismatch")
+			exec("UPDATE diff_creds SET api_key_idx = ? WHERE id = 1", idx1)
+		}
 
 		exec("UPDATE diff_users SET email_idx = NULL WHERE id = ?", a)
 		check("global index NULL", "index-stored")
