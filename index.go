@@ -51,6 +51,7 @@ type blindIdx struct {
 	bits   int
 	tr     blind.Transform
 	global bool
+	unique bool // a unique key of its own (parsed once: GORM's index parsing is not safe to run concurrently)
 }
 
 func (bi *blindIdx) String() string { return bi.f.Name }
@@ -128,10 +129,11 @@ func parseIndex(m *modelMeta, s *schema.Schema, f *schema.Field, tag string) (*b
 	if bi.name == "" {
 		bi.name = s.Table + "." + bi.src.f.DBName
 	}
-	if isUnique(s, f) && f.FieldType == typeString && m.owner != nil && m.owner.PrimaryKey {
+	bi.unique = isUnique(s, f)
+	if bi.unique && f.FieldType == typeString && m.owner != nil && m.owner.PrimaryKey {
 		return nil, errors.New("a unique blind index of a self-owned model must be a *string: it is NULL until the row is sealed after its insert")
 	}
-	if isUnique(s, f) && bi.bits < blind.MaxBits {
+	if bi.unique && bi.bits < blind.MaxBits {
 		return nil, fmt.Errorf("a unique blind index must keep all %d bits: a truncated one rejects distinct values that share an index value", blind.MaxBits)
 	}
 	return bi, nil

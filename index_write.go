@@ -174,7 +174,7 @@ func (m *modelMeta) duplicate(err error) error {
 		return nil
 	}
 	for _, bi := range m.indexes {
-		if isUnique(m.schema, bi.f) && strings.Contains(msg, bi.f.DBName) {
+		if bi.unique && strings.Contains(msg, bi.f.DBName) {
 			return &FieldError{Model: m.name, Field: bi.src.f.Name, Err: ErrDuplicate}
 		}
 	}
