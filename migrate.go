@@ -43,20 +43,9 @@ type MigrateResult struct {
 // window.
 func EncryptExisting(ctx context.Context, db *gorm.DB, model any, opts MigrateOptions) (MigrateResult, error) {
 	var res MigrateResult
-	p, err := pluginOf(db)
+	p, stmt, m, err := jobModel(db, model, "EncryptExisting")
 	if err != nil {
 		return res, err
-	}
-	if p.keys == nil {
-		return res, ErrNoKey
-	}
-	stmt := &gorm.Statement{DB: db}
-	if err := stmt.Parse(model); err != nil {
-		return res, fmt.Errorf("envelope: EncryptExisting: %w", err)
-	}
-	m := p.metaOf(stmt.Schema)
-	if m.err != nil {
-		return res, m.err
 	}
 	if err := m.ownerless(); err != nil {
 		return res, err
@@ -211,4 +200,25 @@ func ownerScan(m *modelMeta, v any) any {
 		v = n
 	}
 	return normOwnerAny(v)
+}
+
+// jobModel is the start of a job over a model's table (EncryptExisting,
+// Reindex): the plugin on db, with a master key, and the model parsed.
+func jobModel(db *gorm.DB, model any, job string) (*Plugin, *gorm.Statement, *modelMeta, error) {
+	p, err := pluginOf(db)
+	if err != nil {
+		return nil, nil, nil, err
+	}
+	if p.keys == nil {
+		return nil, nil, nil, ErrNoKey
+	}
+	stmt := &gorm.Statement{DB: db}
+	if err := stmt.Parse(model); err != nil {
+		return nil, nil, nil, fmt.Errorf("envelope: %s: %w", job, err)
+	}
+	m := p.metaOf(stmt.Schema)
+	if m.err != nil {
+		return nil, nil, nil, m.err
+	}
+	return p, stmt, m, nil
 }

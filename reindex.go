@@ -76,20 +76,9 @@ type ReindexResult struct {
 // the index existed.
 func Reindex(ctx context.Context, db *gorm.DB, model any, opts ReindexOptions) (ReindexResult, error) {
 	var res ReindexResult
-	p, err := pluginOf(db)
+	p, stmt, m, err := jobModel(db, model, "reindex")
 	if err != nil {
 		return res, err
-	}
-	if p.keys == nil {
-		return res, ErrNoKey
-	}
-	stmt := &gorm.Statement{DB: db}
-	if err := stmt.Parse(model); err != nil {
-		return res, fmt.Errorf("envelope: reindex: %w", err)
-	}
-	m := p.metaOf(stmt.Schema)
-	if m.err != nil {
-		return res, m.err
 	}
 	table := stmt.Schema.Table
 	if db.Statement.Table != "" {
