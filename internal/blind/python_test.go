@@ -13,6 +13,8 @@ import (
 	"unicode"
 	"unicode/utf8"
 
+	"github.com/gorm-envelope/envelope/internal/testpy"
+
 	"golang.org/x/text/unicode/norm"
 )
 
@@ -118,13 +120,7 @@ func pyCases(t *testing.T) []pyCase {
 // Go gives the same, and that Go's lower, trim and nfc treat every code
 // point as the spec's Python does.
 func TestPython(t *testing.T) {
-	py, err := exec.LookPath("python3")
-	if err != nil {
-		skipOrFail(t, "python3 not found")
-	}
-	if out, err := exec.Command(py, "-c", "import cryptography.hazmat.primitives.kdf.hkdf").CombinedOutput(); err != nil {
-		skipOrFail(t, "python3 has no cryptography module: %v\n%s", err, out)
-	}
+	py := testpy.Python(t, "cryptography.hazmat.primitives.kdf.hkdf")
 
 	cases := pyCases(t)
 	dir := t.TempDir()
@@ -217,14 +213,4 @@ func TestPython(t *testing.T) {
 		}
 		t.Logf("%d code points checked: Python's Unicode %s, Go's %s (norm %s)", n, res.Unicode, unicode.Version, norm.Version)
 	})
-}
-
-// skipOrFail skips the test, or fails it when running in CI, where every
-// prerequisite is expected to be present.
-func skipOrFail(t testing.TB, format string, args ...any) {
-	t.Helper()
-	if os.Getenv("CI") != "" {
-		t.Fatalf(format, args...)
-	}
-	t.Skipf(format, args...)
 }

@@ -7,19 +7,8 @@ import (
 	"crypto/hkdf"
 	"crypto/rand"
 	"crypto/sha256"
-	"os"
 	"testing"
 )
-
-// skipOrFail skips the test, or fails it when running in CI, where every
-// prerequisite is expected to be present.
-func skipOrFail(t testing.TB, format string, args ...any) {
-	t.Helper()
-	if os.Getenv("CI") != "" {
-		t.Fatalf(format, args...)
-	}
-	t.Skipf(format, args...)
-}
 
 func randDEK(t testing.TB) [DEKSize]byte {
 	t.Helper()

@@ -4,11 +4,9 @@ import (
 	"bytes"
 	"encoding/base64"
 	"encoding/hex"
-	"encoding/json"
-	"os"
-	"os/exec"
-	"path/filepath"
 	"testing"
+
+	"github.com/gorm-envelope/envelope/internal/testpy"
 )
 
 // pySpec implements the format from docs/format.md alone, with Python's
@@ -115,13 +113,7 @@ func toPy(ctx *Context) pyCtx {
 // refuses them in other contexts; Go opens the values Python seals and
 // refuses them in other contexts; and Python recomputes every fixed vector.
 func TestPython(t *testing.T) {
-	py, err := exec.LookPath("python3")
-	if err != nil {
-		skipOrFail(t, "python3 not found")
-	}
-	if out, err := exec.Command(py, "-c", "import cryptography.hazmat.primitives.ciphers.aead").CombinedOutput(); err != nil {
-		skipOrFail(t, "python3 has no cryptography module: %v\n%s", err, out)
-	}
+	py := testpy.Python(t, "cryptography.hazmat.primitives.ciphers.aead")
 
 	dek := randDEK(t)
 	c := New(dek)
@@ -164,30 +156,12 @@ func TestPython(t *testing.T) {
 	for _, v := range vectors {
 		in.Vectors = append(in.Vectors, pyVector{v, toPy(v.context())})
 	}
-	data, err := json.Marshal(in)
-	if err != nil {
-		t.Fatal(err)
-	}
-	path := filepath.Join(t.TempDir(), "values.json")
-	if err := os.WriteFile(path, data, 0o600); err != nil {
-		t.Fatal(err)
-	}
-
-	cmd := exec.Command(py, "-c", pySpec, path)
-	var stderr bytes.Buffer
-	cmd.Stderr = &stderr
-	out, err := cmd.Output()
-	if err != nil {
-		t.Fatalf("python3: %v\n%s", err, stderr.Bytes())
-	}
 	var res struct {
 		Fresh    []string    `json:"fresh"`
 		Vectors  [][3]string `json:"vectors"`
 		Rejected int         `json:"rejected"`
 	}
-	if err := json.Unmarshal(out, &res); err != nil {
-		t.Fatalf("python3 output %q: %v", out, err)
-	}
+	testpy.Run(t, py, pySpec, in, &res)
 	if res.Rejected != len(in.Wrong) {
 		t.Errorf("Python refused %d of %d values in another context", res.Rejected, len(in.Wrong))
 	}

@@ -9,6 +9,8 @@ import (
 	"path/filepath"
 	"testing"
 
+	"github.com/gorm-envelope/envelope/internal/testpy"
+
 	"github.com/fernet/fernet-go"
 )
 
@@ -33,21 +35,11 @@ type vectors struct {
 // vectorsPath is where CI puts shared/ beside the repository checkout.
 var vectorsPath = filepath.Join("..", "..", "..", "shared", "testdata", "fernet_vectors.json")
 
-// skipOrFail skips the test, or fails it when running in CI, where every
-// prerequisite is expected to be present.
-func skipOrFail(t testing.TB, format string, args ...any) {
-	t.Helper()
-	if os.Getenv("CI") != "" {
-		t.Fatalf(format, args...)
-	}
-	t.Skipf(format, args...)
-}
-
 func loadVectors(t testing.TB) *vectors {
 	t.Helper()
 	data, err := os.ReadFile(vectorsPath)
 	if errors.Is(err, os.ErrNotExist) {
-		skipOrFail(t, "test vectors not found at %s", vectorsPath)
+		testpy.SkipOrFail(t, "test vectors not found at %s", vectorsPath)
 	}
 	if err != nil {
 		t.Fatal(err)

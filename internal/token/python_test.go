@@ -4,12 +4,10 @@ import (
 	"bytes"
 	"encoding/base64"
 	"encoding/hex"
-	"encoding/json"
-	"os"
-	"os/exec"
-	"path/filepath"
 	"testing"
 	"time"
+
+	"github.com/gorm-envelope/envelope/internal/testpy"
 )
 
 // pyInterop reads {"key", "items": [{"token", "hex"}], "fresh": [hex]} and
@@ -30,13 +28,7 @@ print(json.dumps([f.encrypt(bytes.fromhex(h)).decode() for h in d["fresh"]]))
 // TestPythonInterop: Python's cryptography Fernet decrypts Encrypt's tokens,
 // and Decrypt opens tokens Python makes.
 func TestPythonInterop(t *testing.T) {
-	py, err := exec.LookPath("python3")
-	if err != nil {
-		skipOrFail(t, "python3 not found")
-	}
-	if out, err := exec.Command(py, "-c", "import cryptography.fernet").CombinedOutput(); err != nil {
-		skipOrFail(t, "python3 has no cryptography module: %v\n%s", err, out)
-	}
+	py := testpy.Python(t, "cryptography.fernet")
 
 	key := randKey(t)
 	c := New(key)
@@ -66,26 +58,8 @@ func TestPythonInterop(t *testing.T) {
 		fresh = append(fresh, randBytes(t, n))
 		in.Fresh = append(in.Fresh, hex.EncodeToString(fresh[len(fresh)-1]))
 	}
-	data, err := json.Marshal(in)
-	if err != nil {
-		t.Fatal(err)
-	}
-	path := filepath.Join(t.TempDir(), "tokens.json")
-	if err := os.WriteFile(path, data, 0o600); err != nil {
-		t.Fatal(err)
-	}
-
-	cmd := exec.Command(py, "-c", pyInterop, path)
-	var stderr bytes.Buffer
-	cmd.Stderr = &stderr
-	out, err := cmd.Output()
-	if err != nil {
-		t.Fatalf("python3: %v\n%s", err, stderr.Bytes())
-	}
 	var pyTokens []string
-	if err := json.Unmarshal(out, &pyTokens); err != nil {
-		t.Fatalf("python3 output %q: %v", out, err)
-	}
+	testpy.Run(t, py, pyInterop, in, &pyTokens)
 	if len(pyTokens) != len(fresh) {
 		t.Fatalf("python3 made %d tokens, want %d", len(pyTokens), len(fresh))
 	}
