@@ -227,6 +227,7 @@ var attackTargets = []attackTarget{
 // The changes that only re-spell the token's own bytes are in
 // TestAttackNonCanonicalTokenText.
 func TestAttackTamperedTokens(t *testing.T) {
+	fernetOnly(t)
 	testdb.ForEach(t, func(t *testing.T, db *gorm.DB) {
 		runTamper(t, db, func(c attackCase) bool { return !c.sameBytes })
 	})
@@ -236,6 +237,7 @@ func TestAttackTamperedTokens(t *testing.T) {
 // before its padding, or by data after its padding, is a change of the
 // stored value too and must read as ErrDecrypt.
 func TestAttackNonCanonicalTokenText(t *testing.T) {
+	fernetOnly(t)
 	testdb.ForEach(t, func(t *testing.T, db *gorm.DB) {
 		runTamper(t, db, func(c attackCase) bool { return c.sameBytes })
 	})
@@ -378,6 +380,7 @@ func TestAttackCrossOwner(t *testing.T) {
 // owner only, not to a column or a row, so a token moved between two
 // columns or two rows of the same owner DOES decrypt, to the moved value.
 func TestAttackSameOwnerTokenMovedBetweenColumnsDecrypts(t *testing.T) {
+	fernetOnly(t)
 	testdb.ForEach(t, func(t *testing.T, db *gorm.DB) {
 		setup(t, db, newKeys(t))
 		r1 := &Credential{UserID: 1, Facility: "r1", Password: "row1-password", APIKey: ptr("row1-key")}
@@ -504,6 +507,7 @@ func mustDEK(t testing.TB) dek.DEK {
 // row read B's value. Binding the owner would need data the TOM Toolkit
 // storage format does not have; docs/security-model.md lists it.
 func TestAttackDEKAndTokenCopiedTogetherDecrypt(t *testing.T) {
+	fernetOnly(t)
 	db := testdb.Open(t, testdb.SQLite)
 	setup(t, db, newKeys(t), envelope.Config{CacheSize: -1})
 	a := &Credential{UserID: 1, Password: "owner-a-secret"}

@@ -5,8 +5,6 @@ import (
 	"reflect"
 	"runtime"
 	"sync"
-
-	"github.com/gorm-envelope/envelope/internal/token"
 )
 
 // decryptAll decrypts every target, on several cores for a large result.
@@ -59,7 +57,7 @@ func (m *modelMeta) anyToken(v reflect.Value) bool {
 	for i := range m.fields {
 		ef := &m.fields[i]
 		if base != nil && ef.direct {
-			if token.LooksLikeString(ef.textAt(base)) {
+			if looksSealed(ef.textAt(base)) {
 				return true
 			}
 		} else if fv, ok := fieldValue(ef.f, v); ok && hasToken(fv, ef.kind) {
@@ -72,11 +70,11 @@ func (m *modelMeta) anyToken(v reflect.Value) bool {
 func hasToken(fv reflect.Value, k valueKind) bool {
 	switch k {
 	case kindString:
-		return token.LooksLikeString(fv.String())
+		return looksSealed(fv.String())
 	case kindStringPtr:
-		return !fv.IsNil() && token.LooksLikeString(fv.Elem().String())
+		return !fv.IsNil() && looksSealed(fv.Elem().String())
 	case kindBytes:
-		return token.LooksLike(fv.Bytes())
+		return looksSealed(bytesString(fv.Bytes()))
 	}
 	return false
 }
@@ -120,9 +118,12 @@ func zeroTokens(t target) {
 
 func (p *Plugin) decryptTarget(t target, keys map[any]*ownerKey, kerrs map[any]error, ar *arena, left int, errs []error) []error {
 	var (
-		k      *ownerKey
-		kerr   error
-		looked bool
+		k       *ownerKey
+		kerr    error
+		looked  bool
+		otext   string
+		row     string
+		rowRead bool
 	)
 	// Fields reached without a pointer are read and written at their
 	// offset in the row; the others through reflection.
@@ -159,7 +160,7 @@ func (p *Plugin) decryptTarget(t target, keys map[any]*ownerKey, kerrs map[any]e
 			fail(ErrNoKey)
 			continue
 		}
-		if !token.LooksLikeString(b) {
+		if !looksSealed(b) {
 			if p.cfg.AcceptPlaintext {
 				p.plaintextRead(t.m, ef)
 				continue
@@ -190,9 +191,12 @@ func (p *Plugin) decryptTarget(t target, keys map[any]*ownerKey, kerrs map[any]e
 			fail(ErrShredded)
 			continue
 		}
-		msg, err := ar.decrypt(k.C, b, left)
+		if !rowRead && isBoundValue(b) { // once per row, and only where needed
+			otext, row, rowRead = idText(t.owner), t.m.rowOf(t.v), true
+		}
+		msg, err := ar.open(t.m, k, ef, otext, row, b, left)
 		if err != nil {
-			fail(fmt.Errorf("%w: token does not open under the owner's DEK", ErrDecrypt))
+			fail(err)
 			continue
 		}
 		// msg is memory only this value uses (its capacity is cut): a string

@@ -258,7 +258,7 @@ func newHarness(tb testing.TB, db *gorm.DB) *harness {
 	tb.Helper()
 	keys := newKeys(tb)
 	quiet := slog.New(slog.DiscardHandler) // no audit line per shred
-	if err := db.Use(envelope.New(envelope.Config{Keys: keys, Profile: &DiffProfile{}, Logger: quiet})); err != nil {
+	if err := db.Use(envelope.New(envelope.Config{Keys: keys, Profile: &DiffProfile{}, Logger: quiet, Format: testFormat()})); err != nil {
 		tb.Fatalf("db.Use: %v", err)
 	}
 	// Owners need not be users: no foreign key constraint.
@@ -272,7 +272,7 @@ func newHarness(tb testing.TB, db *gorm.DB) *harness {
 		tb.Fatalf("AutoMigrate shadow: %v", err)
 	}
 	cold := testdb.Reopen(tb, db)
-	if err := cold.Use(envelope.New(envelope.Config{Keys: keys, Profile: &DiffProfile{}, CacheSize: -1, Logger: quiet})); err != nil {
+	if err := cold.Use(envelope.New(envelope.Config{Keys: keys, Profile: &DiffProfile{}, CacheSize: -1, Logger: quiet, Format: testFormat()})); err != nil {
 		tb.Fatalf("cold db.Use: %v", err)
 	}
 	raw, err := db.DB()

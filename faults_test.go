@@ -12,7 +12,6 @@ import (
 	"github.com/gorm-envelope/envelope"
 	"github.com/gorm-envelope/envelope/dek"
 	"github.com/gorm-envelope/envelope/internal/testdb"
-	"github.com/gorm-envelope/envelope/internal/token"
 	"gorm.io/gorm"
 )
 
@@ -176,7 +175,7 @@ func (e *faultEnv) check(owners []uint, survivors map[uint]string) {
 	}
 	for i, r := range rows {
 		for col, v := range map[string]*string{"password": r.Password, "api_key": r.APIKey, "blob": r.Blob} {
-			if v != nil && (!token.LooksLikeString(*v) || strings.Contains(*v, marker)) {
+			if v != nil && (!sealedText(*v) || strings.Contains(*v, marker)) {
 				t.Errorf("#%d: credentials %d %s: got %q, want a token", i, r.ID, col, *v)
 			}
 		}

@@ -27,6 +27,7 @@ func requirePythonFernet(t *testing.T) {
 // TOM Toolkit's layout: Fernet(master).decrypt(encrypted_dek) is the DEK's
 // key text, and Fernet(dek).decrypt(column) is the value.
 func TestPythonReadsWhatWeWrite(t *testing.T) {
+	fernetOnly(t)
 	requirePythonFernet(t)
 	master, err := dek.GenerateKey()
 	must(t, err)

@@ -332,7 +332,7 @@ func (p *Plugin) exactRows(db *gorm.DB, m *modelMeta, bi *blindIdx, conds []clau
 		if k == nil || k.Shredded {
 			continue
 		}
-		msg, err := k.C.Decrypt(c.tok)
+		msg, err := m.openRaw(k, bi.src, c.owner, c.id, c.tok)
 		if err != nil {
 			continue // a value that does not open matches nothing
 		}

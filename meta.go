@@ -43,6 +43,10 @@ type modelMeta struct {
 	idxByDB   map[string]*blindIdx // by the index column
 	profile   bool                 // the configured Profile model
 	selfOwned bool                 // the owner is the model's own primary key
+	bound     bool                 // values are written in the bound format
+	table     string               // the table its values are bound to (format.go)
+	rowBound  bool                 // values are bound to their row's primary key too
+	rowKey    *schema.Field        // where that key is read (envelope:"row"); nil if not bound, or not in a projection
 	// uniqueKeys are the model's declared unique keys other than its
 	// primary key (unique fields and unique indexes), by DB names.
 	uniqueKeys [][]string
@@ -59,8 +63,8 @@ var (
 	typeBytes     = reflect.TypeOf([]byte(nil))
 )
 
-func buildMeta(s *schema.Schema, prof *profilemeta.Profile) *modelMeta {
-	m := &modelMeta{schema: s, name: s.Name, byDB: map[string]*encField{}, idxByDB: map[string]*blindIdx{}, profile: prof != nil && s.ModelType == prof.Type}
+func buildMeta(s *schema.Schema, prof *profilemeta.Profile, format Format) *modelMeta {
+	m := &modelMeta{schema: s, name: s.Name, table: s.Table, byDB: map[string]*encField{}, idxByDB: map[string]*blindIdx{}, profile: prof != nil && s.ModelType == prof.Type}
 	for _, f := range s.Fields {
 		if profilemeta.TagValue(f) == "owner" {
 			if m.owner != nil {
@@ -97,6 +101,11 @@ func buildMeta(s *schema.Schema, prof *profilemeta.Profile) *modelMeta {
 		m.err = err
 		return m
 	}
+	if err := parseRowBinding(m, s); err != nil {
+		m.err = err
+		return m
+	}
+	m.bound = format == FormatBound || m.rowBound
 	m.allDirect = true
 	for i := range m.fields {
 		m.allDirect = m.allDirect && m.fields[i].direct
@@ -141,7 +150,7 @@ func (p *Plugin) metaOf(s *schema.Schema) *modelMeta {
 	if v, ok := p.metas.Load(s); ok {
 		return v.(*modelMeta)
 	}
-	m := buildMeta(s, p.prof)
+	m := buildMeta(s, p.prof, p.cfg.Format)
 	v, _ := p.metas.LoadOrStore(s, m)
 	if len(m.fields) > 0 {
 		p.tables.Store(s.Table, m)

@@ -7,7 +7,6 @@ import (
 	"strconv"
 
 	"github.com/gorm-envelope/envelope/internal/keystore"
-	"github.com/gorm-envelope/envelope/internal/token"
 	"gorm.io/gorm"
 	"gorm.io/gorm/clause"
 )
@@ -149,17 +148,17 @@ func EncryptExisting(ctx context.Context, db *gorm.DB, model any, opts MigrateOp
 					if k == nil || k.Shredded {
 						return &FieldError{Model: m.name, Field: name, Owner: r.owner, Err: ErrShredded}
 					}
-					if token.LooksLikeString(*v) {
-						if _, err := k.C.Decrypt([]byte(*v)); err == nil {
-							res.Skipped++
-							continue
-						}
+					ef := &m.fields[i]
+					row := m.rowText(r.id)
+					if looksSealed(*v) && m.opens(k, ef.f.DBName, idText(r.owner), row, *v) {
+						res.Skipped++
+						continue
 					}
-					tok, err := k.C.Encrypt([]byte(*v))
+					tok, err := m.sealOne(k, ef, r.owner, row, []byte(*v))
 					if err != nil {
 						return err
 					}
-					set[m.fields[i].f.DBName] = string(tok)
+					set[ef.f.DBName] = tok
 				}
 				if len(set) == 0 {
 					continue

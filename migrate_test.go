@@ -71,7 +71,7 @@ func TestEncryptExisting(t *testing.T) {
 				t.Fatalf("row %d: NULL became %q", i, *c.APIKey)
 			}
 			stored, _ := rawColumn(t, db, "credentials", "password", c.ID)
-			if !strings.HasPrefix(stored, "gAAAAA") {
+			if !sealedText(stored) {
 				t.Fatalf("row %d stored %q", i, stored)
 			}
 		}

@@ -6,7 +6,6 @@ import (
 	"sync"
 	"sync/atomic"
 
-	"github.com/gorm-envelope/envelope/internal/token"
 	"gorm.io/gorm"
 	"gorm.io/gorm/schema"
 )
@@ -46,7 +45,8 @@ type pipeBatch struct {
 	owners []any
 	keys   []*ownerKey
 	hasTok []bool
-	valid  []bool // filled by validate: keys[j] is the key afterQuery resolved
+	otext  []string // the owners as text, for bound values; "" until needed
+	valid  []bool   // filled by validate: keys[j] is the key afterQuery resolved
 }
 
 // readState is one query's pipeline; it lives in the statement's context
@@ -235,7 +235,8 @@ func (rs *readState) release() {
 			clear(b.items)
 			clear(b.owners)
 			clear(b.keys)
-			b.owners, b.keys, b.hasTok, b.valid = b.owners[:0], b.keys[:0], b.hasTok[:0], b.valid[:0]
+			clear(b.otext)
+			b.owners, b.keys, b.hasTok, b.otext, b.valid = b.owners[:0], b.keys[:0], b.hasTok[:0], b.otext[:0], b.valid[:0]
 			batchPool.Put(b)
 		}
 	}
@@ -287,22 +288,31 @@ func (rs *readState) work(b *pipeBatch) {
 			j = int32(len(b.owners))
 			idx[o] = j
 			k, _ := rs.p.store.Peek(o)
-			b.owners, b.keys, b.hasTok = append(b.owners, o), append(b.keys, k), append(b.hasTok, false)
+			b.owners, b.keys, b.hasTok, b.otext = append(b.owners, o), append(b.keys, k), append(b.hasTok, false), append(b.otext, "")
 		}
 		b.oi[r] = j
 		k := b.keys[j]
 		usable := k != nil && !k.Shredded && k.C != nil
 		cached = cached || usable
+		var otext, row string
+		rowRead := false
 		for i := range rs.nf {
 			it := &b.items[r*rs.nf+i]
-			if it.tok == "" || !token.LooksLikeString(it.tok) {
+			if it.tok == "" || !looksSealed(it.tok) {
 				continue
 			}
 			b.hasTok[j] = true
 			if !usable {
 				continue
 			}
-			if msg, err := ar.decrypt(k.C, it.tok, len(b.items)-r*rs.nf-i); err == nil {
+			if rs.m.bound && !rowRead {
+				if otext = b.otext[j]; otext == "" {
+					otext = idText(o)
+					b.otext[j] = otext
+				}
+				row, rowRead = rs.m.rowOf(v), true
+			}
+			if msg, err := ar.open(rs.m, k, &rs.m.fields[i], otext, row, it.tok, len(b.items)-r*rs.nf-i); err == nil {
 				it.k, it.msg = k, msg
 			}
 		}
@@ -398,15 +408,17 @@ type arena struct{ buf []byte }
 
 const arenaChunk = 16 << 10
 
-// decrypt opens tok with c; left is the number of values still to be
-// decrypted into this arena, this one included.
-func (a *arena) decrypt(c *token.Cipher, tok string, left int) ([]byte, error) {
-	need := token.DecryptedLen(len(tok))
+// open opens stored, a value of field ef of model m owned by the owner
+// whose text is owner, in the row whose key text is row, with k; left is
+// the number of values still to be decrypted into this arena, this one
+// included.
+func (a *arena) open(m *modelMeta, k *ownerKey, ef *encField, owner, row string, stored string, left int) ([]byte, error) {
+	need := openedLen(stored)
 	if cap(a.buf)-len(a.buf) < need {
 		a.buf = make([]byte, 0, max(min(need*left, arenaChunk), need))
 	}
 	start := len(a.buf)
-	out, err := c.AppendDecrypt(a.buf, stringBytes(tok))
+	out, err := m.openInto(a.buf, k, ef, owner, row, stored)
 	if err != nil {
 		return nil, err
 	}

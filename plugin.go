@@ -62,6 +62,13 @@ type Config struct {
 	// a value that is not a token fails with [ErrDecrypt].
 	AcceptPlaintext bool
 
+	// Format is the layout new encrypted values are written in:
+	// [FormatFernet] (the default, which TOM Toolkit reads) or
+	// [FormatBound]. Reads accept both, whatever it is. A model whose
+	// primary key is tagged envelope:"row" writes bound values, bound to
+	// their row too, whatever Format is.
+	Format Format
+
 	// Models are the app's models with blind indexes (e.g. &User{}),
 	// parsed at db.Use so that [Shred] clears the owner's global index
 	// values in them even before this process has used them. A model used
@@ -88,6 +95,9 @@ type Plugin struct {
 	metas     sync.Map // *schema.Schema -> *modelMeta
 	typeMetas sync.Map // reflect.Type -> *modelMeta (nil for non-models)
 	tables    sync.Map // table name -> *modelMeta of a model with encrypted fields
+	// projections are the metadata of struct types read and written as
+	// another model's rows (format.go).
+	projections sync.Map // [2]*modelMeta{model, struct} -> *modelMeta
 
 	plaintextReads atomic.Uint64
 	pipelined      atomic.Uint64 // values decrypted while the result was scanned
@@ -153,6 +163,9 @@ func (p *Plugin) Initialize(db *gorm.DB) error {
 }
 
 func (p *Plugin) initialize(db *gorm.DB) error {
+	if p.cfg.Format != FormatFernet && p.cfg.Format != FormatBound {
+		return fmt.Errorf("envelope: Config.Format %d is no format: use envelope.FormatFernet or envelope.FormatBound", p.cfg.Format)
+	}
 	schema.RegisterSerializer(SerializerName, Serializer{})
 	prof, err := profilemeta.Parse(db, p.cfg.Profile)
 	if err != nil {

@@ -49,6 +49,9 @@ func (p *Plugin) afterQuery(db *gorm.DB) {
 		db.AddError(m.err)
 		return
 	}
+	if elemType != stmt.Schema.ModelType {
+		m = p.projection(p.metaOf(stmt.Schema), m)
+	}
 	joins := joinPaths(stmt)
 	if (m == nil || len(m.fields) == 0) && len(joins) == 0 {
 		return

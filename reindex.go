@@ -282,7 +282,7 @@ func (r *reindexer) batch(ctx context.Context, batch []reRow) (updated, unreadab
 				bad = true
 				break
 			}
-			msg, err := k.C.Decrypt(tok)
+			msg, err := r.m.openRaw(k, r.m.byDB[c], row.owner, row.id, tok)
 			if err != nil {
 				bad = true
 				break

@@ -6,6 +6,7 @@ import (
 	"runtime"
 	"sync/atomic"
 
+	"github.com/gorm-envelope/envelope/internal/bound"
 	"github.com/gorm-envelope/envelope/internal/token"
 )
 
@@ -20,7 +21,7 @@ const sealChunk = 64
 // it. Either way each value is sealed exactly once.
 type sealer struct {
 	items   []item
-	ciphers []*token.Cipher
+	ciphers []*ownerKey
 	toks    []string
 	ivs     []byte
 	ts      int64
@@ -37,7 +38,7 @@ const (
 
 // newSealer prepares the sealing of items, each under its cipher, with
 // timestamp ts. The IVs are read from crypto/rand at once.
-func newSealer(items []item, ciphers []*token.Cipher, ts int64) (*sealer, error) {
+func newSealer(items []item, ciphers []*ownerKey, ts int64) (*sealer, error) {
 	s := &sealer{
 		items:   items,
 		ciphers: ciphers,
@@ -128,31 +129,39 @@ func (s *sealer) help(c int) bool {
 	return false
 }
 
-// seal encrypts chunk c into one buffer sized for its tokens, then marks
-// it done. A value that already is a token that opens under its owner's
-// DEK is kept as is: a ciphertext read by a path without callbacks
-// (Raw().Scan, ScanRows) and saved again is stored unchanged.
+// seal encrypts chunk c into one buffer sized for its values, then marks
+// it done. A value that already is one that opens under its owner's DEK
+// where it is written is kept as is: a ciphertext read by a path without
+// callbacks (Raw().Scan, ScanRows) and saved again is stored unchanged.
 func (s *sealer) seal(c int) {
 	defer s.state[c].Store(chunkDone)
 	lo, hi := c*sealChunk, min((c+1)*sealChunk, len(s.items))
 	size := 0
 	for i := lo; i < hi; i++ {
-		size += token.EncryptedLen(len(s.items[i].plain))
-	}
-	buf := make([]byte, 0, size) // never grows: the tokens can share it
-	for i := lo; i < hi; i++ {
-		plain := s.items[i].plain
-		if token.LooksLikeString(plain) {
-			if _, err := s.ciphers[i].Decrypt(stringBytes(plain)); err == nil {
-				s.toks[i] = plain
-				continue
-			}
+		if s.items[i].m.bound {
+			size += bound.TextLen(len(s.items[i].plain) + bound.Overhead)
+		} else {
+			size += token.EncryptedLen(len(s.items[i].plain))
 		}
-		iv := (*[token.IVSize]byte)(s.ivs[i*token.IVSize:])
+	}
+	buf := make([]byte, 0, size) // never grows: the values can share it
+	for i := lo; i < hi; i++ {
+		it := &s.items[i]
+		plain := it.plain
+		if looksSealed(plain) && it.m.opens(s.ciphers[i], it.f.DBName, it.otext, it.rowID, plain) {
+			s.toks[i] = plain
+			continue
+		}
 		start := len(buf)
 		var err error
-		buf, err = s.ciphers[i].AppendEncryptIV(buf, stringBytes(plain), s.ts, iv)
-		clear(iv[:])
+		if it.m.bound {
+			ctx := bound.Context{Table: it.m.table, Column: it.f.DBName, Owner: it.otext, Row: it.rowID}
+			buf, err = s.ciphers[i].Bound().SealText(buf, stringBytes(plain), &ctx)
+		} else {
+			iv := (*[token.IVSize]byte)(s.ivs[i*token.IVSize:])
+			buf, err = s.ciphers[i].C.AppendEncryptIV(buf, stringBytes(plain), s.ts, iv)
+			clear(iv[:])
+		}
 		if err != nil {
 			err = fmt.Errorf("envelope: encrypt: %w", err)
 			s.err.CompareAndSwap(nil, &err)

@@ -8,7 +8,8 @@ import (
 	"time"
 
 	"github.com/gorm-envelope/envelope/dek"
-	"github.com/gorm-envelope/envelope/internal/token"
+	"github.com/gorm-envelope/envelope/internal/keystore"
+	"gorm.io/gorm/schema"
 )
 
 // Whatever order the serializer asks in, and with workers sealing at the
@@ -16,23 +17,35 @@ import (
 // token that opens to it; a value that already is a token of its owner is
 // kept.
 func TestSealerOrderAndResult(t *testing.T) {
-	var ciphers []*token.Cipher
+	for _, format := range []Format{FormatFernet, FormatBound} {
+		t.Run(format.String(), func(t *testing.T) { testSealer(t, format) })
+	}
+}
+
+func testSealer(t *testing.T, format Format) {
+	var ciphers []*ownerKey
 	for range 3 {
 		d, err := dek.NewDEK()
 		if err != nil {
 			t.Fatal(err)
 		}
-		ciphers = append(ciphers, token.New(d))
+		ciphers = append(ciphers, keystore.NewKey(d))
 	}
-	existing, err := ciphers[1].Encrypt([]byte("already"))
+	m := &modelMeta{schema: &schema.Schema{Table: "creds"}, table: "creds", bound: format == FormatBound}
+	f := &schema.Field{DBName: "secret"}
+	ef := &encField{f: f}
+	existing, err := m.sealOne(ciphers[1], ef, int64(7), "", []byte("already"))
 	if err != nil {
 		t.Fatal(err)
 	}
+	open := func(k *ownerKey, tok string) ([]byte, error) {
+		return m.openInto(nil, k, ef, "7", "", tok)
+	}
 	for _, n := range []int{1, 63, 64, 65, 700, 2000} {
 		items := make([]item, n)
-		cs := make([]*token.Cipher, n)
+		cs := make([]*ownerKey, n)
 		for i := range items {
-			items[i] = item{plain: fmt.Sprint("value-", i)}
+			items[i] = item{m: m, f: f, enc: ef, owner: int64(7), otext: "7", plain: fmt.Sprint("value-", i)}
 			cs[i] = ciphers[i%3]
 		}
 		if n > 5 {
@@ -73,7 +86,7 @@ func TestSealerOrderAndResult(t *testing.T) {
 			if n > 5 && i == 4 {
 				want = "already"
 			}
-			msg, err := cs[i].Decrypt([]byte(tok))
+			msg, err := open(cs[i], tok)
 			if err != nil || string(msg) != want {
 				t.Fatalf("n=%d value %d: %q, %v", n, i, msg, err)
 			}
@@ -84,6 +97,9 @@ func TestSealerOrderAndResult(t *testing.T) {
 		}
 		if n > 5 && toks[4] != string(existing) {
 			t.Fatalf("n=%d: an existing token of the owner was sealed again", n)
+		}
+		if format == FormatBound && !isBoundValue(toks[0]) {
+			t.Fatalf("n=%d: %q is no bound value", n, toks[0])
 		}
 	}
 }

@@ -155,15 +155,15 @@ func (p *Plugin) sealSelf(db *gorm.DB) {
 		}
 		set := make(map[string]any, len(r.vals))
 		for _, sv := range r.vals {
-			tok, err := k.C.Encrypt([]byte(sv.plain))
+			tok, err := r.m.sealOne(k, sv.ef, o, "", []byte(sv.plain))
 			if err != nil {
-				db.AddError(fmt.Errorf("envelope: encrypt: %w", err))
+				db.AddError(err)
 				return
 			}
 			if sv.ef.kind == kindBytes {
-				set[sv.ef.f.DBName] = tok
+				set[sv.ef.f.DBName] = []byte(tok)
 			} else {
-				set[sv.ef.f.DBName] = string(tok)
+				set[sv.ef.f.DBName] = tok
 			}
 			for _, bi := range sv.ef.idx {
 				bk, ver, err := p.indexKey(db, bi, k)

@@ -134,7 +134,7 @@ func (c *collector) onConflict() {
 			continue
 		}
 		fv := setPlain(ef.f, tmp, ef.kind, plain)
-		c.items = append(c.items, item{owner: owner, m: m, f: ef.f, plain: plain, addr: addrOf(fv)})
+		c.items = append(c.items, item{owner: owner, m: m, f: ef.f, plain: plain, addr: addrOf(fv), enc: ef})
 		i := i
 		c.edits = append(c.edits, edit{f: ef.f, tmp: tmp, put: func(nv any) { set[i].Value = nv }})
 		changed = true
@@ -177,6 +177,9 @@ func (c *collector) checkUpsert() bool {
 	if ownerKind == 0 && !touchesEnc {
 		return true
 	}
+	if m.rowKey != nil && touchesEnc && !c.upsertKeepsRow(oc, as) {
+		return false
+	}
 	if ownerKind != 0 && ownerKind != assignSame {
 		c.fail(&FieldError{Model: m.name, Field: m.owner.Name, Err: fmt.Errorf("%w: ON CONFLICT may set the owner column only from the inserted row (excluded.%s)", ErrUnsafe, m.owner.DBName)})
 		return false
@@ -201,6 +204,31 @@ func (c *collector) checkUpsert() bool {
 	}
 	c.fail(&FieldError{Model: m.name, Err: fmt.Errorf("%w: ON CONFLICT (%s) does not determine the owner: the row it updates may belong to another owner; add %s to the conflict target, or update the owner and every encrypted column from the inserted row (see docs/security-model.md)", ErrUnsafe, strings.Join(target, ", "), m.owner.DBName)})
 	return false
+}
+
+// upsertKeepsRow refuses, for a model whose values are bound to their
+// row, an upsert whose DO UPDATE could land a value in a row other than
+// the one it was sealed for: the conflict must be on the primary key (on
+// MySQL, which updates on any unique key, the model must have no other),
+// and every encrypted column must come from the inserted row.
+func (c *collector) upsertKeepsRow(oc clause.OnConflict, as map[string]assignKind) bool {
+	m := c.m
+	for i := range m.fields {
+		if k := as[m.fields[i].f.DBName]; k != 0 && k != assignSame {
+			c.fail(&FieldError{Model: m.name, Field: m.fields[i].f.Name, Err: fmt.Errorf("%w: model %s binds its values to their row (envelope:\"row\"): ON CONFLICT may assign an encrypted column only from the inserted row (excluded.%s)", ErrUnsafe, m.name, m.fields[i].f.DBName)})
+			return false
+		}
+	}
+	var ok bool
+	if c.db.Dialector.Name() == "mysql" {
+		ok = len(m.uniqueKeys) == 0
+	} else {
+		ok = oc.OnConstraint == "" && slices.Equal(columnNames(oc.Columns), []string{m.rowKey.DBName})
+	}
+	if !ok {
+		c.fail(&FieldError{Model: m.name, Err: fmt.Errorf("%w: model %s binds its values to their row (envelope:\"row\"): an upsert that updates encrypted columns must conflict on the primary key alone (on MySQL, the model may have no other unique key)", ErrUnsafe, m.name)})
+	}
+	return ok
 }
 
 // assignKind says what an upsert's DO UPDATE assigns to a column.

@@ -5,7 +5,6 @@ import (
 	"reflect"
 	"time"
 
-	"github.com/gorm-envelope/envelope/internal/token"
 	"gorm.io/gorm"
 	"gorm.io/gorm/schema"
 )
@@ -45,6 +44,11 @@ func (p *Plugin) beforeUpdate(db *gorm.DB) {
 	}
 	c := &collector{p: p, db: db, m: m, update: true}
 	c.defOwner, c.ambig = p.modelOwner(db, m, db.Statement.ReflectValue)
+	if m.rowKey != nil {
+		if v := reflect.Indirect(db.Statement.ReflectValue); v.Kind() == reflect.Struct && v.Type() == m.schema.ModelType {
+			c.defRow = m.rowOf(v)
+		}
+	}
 	if len(m.indexes) > 0 {
 		c.addressableDest()
 	}
@@ -153,6 +157,7 @@ type collector struct {
 	items    []item
 	self     []selfRow // self-owned rows whose id the insert assigns
 	update   bool      // an UPDATE, not an INSERT
+	defRow   string    // an update's row (its model's primary key), for a row-bound model
 	indexed  bool      // some item has blind indexes to fill
 	edits    []edit
 	errs     []error
@@ -171,6 +176,19 @@ func (c *collector) noOwner(m *modelMeta, f *schema.Field) {
 		return
 	}
 	c.fail(&FieldError{Model: m.name, Field: f.Name, Err: fmt.Errorf("%w: owner is zero", why)})
+}
+
+// rowFor returns the key text of the row a value of struct v of model m
+// is sealed for: v's primary key, or for an update of m given without it,
+// the updated model's.
+func (c *collector) rowFor(m *modelMeta, v reflect.Value) string {
+	if r := m.rowOf(v); r != "" {
+		return r
+	}
+	if c.update && m.table == c.m.table {
+		return c.defRow
+	}
+	return ""
 }
 
 // walk collects every encrypted field of every struct in v.
@@ -195,6 +213,7 @@ func (c *collector) walk(v reflect.Value) {
 				c.fail(m.err)
 				return
 			}
+			m = c.p.projection(c.m, m)
 		}
 		if len(m.fields) == 0 {
 			return
@@ -249,7 +268,13 @@ func (c *collector) walk(v reflect.Value) {
 				c.noOwner(m, ef.f)
 				return
 			}
-			it := item{owner: owner, m: m, f: ef.f, plain: plain, addr: addr}
+			it := item{owner: owner, m: m, f: ef.f, plain: plain, addr: addr, enc: ef}
+			if m.rowBound {
+				if it.rowID = c.rowFor(m, v); it.rowID == "" {
+					c.fail(m.errRowUnknown(ef))
+					return
+				}
+			}
 			if len(ef.idx) > 0 {
 				it.row, it.ef, c.indexed = v, ef, true
 			}
@@ -317,7 +342,8 @@ func (c *collector) finish() {
 	// Every value gets its own token (random IV), so equal plaintexts do
 	// not show as equal tokens. Errors are reported once per owner and
 	// field.
-	ciphers := make([]*token.Cipher, len(c.items))
+	ciphers := make([]*ownerKey, len(c.items))
+	var otext string
 	type failKey struct {
 		owner any
 		f     *schema.Field
@@ -329,7 +355,13 @@ func (c *collector) finish() {
 	for i := range c.items {
 		it := &c.items[i]
 		if i == 0 || it.owner != lastOwner {
-			lastOwner, k, kerr = it.owner, keys[it.owner], kerrs[it.owner]
+			lastOwner, k, kerr, otext = it.owner, keys[it.owner], kerrs[it.owner], ""
+		}
+		if it.m.bound {
+			if otext == "" {
+				otext = idText(it.owner)
+			}
+			it.otext = otext
 		}
 		if kerr == nil && (k == nil || k.Shredded) {
 			kerr = ErrShredded
@@ -345,7 +377,7 @@ func (c *collector) finish() {
 			}
 			continue
 		}
-		ciphers[i] = k.C
+		ciphers[i] = k
 	}
 	if len(c.errs) > 0 {
 		db.AddError(join(c.errs))
@@ -407,6 +439,10 @@ type item struct {
 	f     *schema.Field
 	plain string
 	addr  uintptr // the address of the field holding it; 0 if none
+
+	enc   *encField
+	rowID string // the row's primary key as text, for a row-bound model
+	otext string // the owner as text, for a bound value (set by finish)
 
 	// For a field with blind indexes: where its index values go, the
 	// struct row or the map it came from.

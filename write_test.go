@@ -7,7 +7,6 @@ import (
 
 	"github.com/gorm-envelope/envelope"
 	"github.com/gorm-envelope/envelope/internal/testdb"
-	"github.com/gorm-envelope/envelope/internal/token"
 	"gorm.io/gorm"
 	"gorm.io/gorm/clause"
 )
@@ -191,7 +190,7 @@ func TestWritePaths(t *testing.T) {
 					return
 				}
 				stored, ok := rawColumn(t, db, "credentials", "password", id)
-				if !ok || !token.LooksLikeString(stored) {
+				if !ok || !sealedText(stored) {
 					t.Fatalf("stored password = %q, want a Fernet token", stored)
 				}
 				if strings.Contains(log.String(), secret) {

@@ -84,7 +84,13 @@ func (c *collector) addMap(mv map[string]any) {
 			c.noOwner(m, f)
 			continue
 		}
-		it := item{owner: owner, m: m, f: f, plain: plain, addr: addrOf(fv)}
+		it := item{owner: owner, m: m, f: f, plain: plain, addr: addrOf(fv), enc: ef}
+		if m.rowBound {
+			if it.rowID = c.mapRow(m, mv); it.rowID == "" {
+				c.fail(m.errRowUnknown(ef))
+				continue
+			}
+		}
 		if len(ef.idx) > 0 {
 			it.ef, it.mv, c.indexed = ef, mv, true
 		}
@@ -127,4 +133,22 @@ func setPlain(f *schema.Field, tmp reflect.Value, k valueKind, plain string) ref
 		fv.SetBytes([]byte(plain))
 	}
 	return fv
+}
+
+// mapRow returns the key text of the row a map of model m writes: its
+// primary key entry, or for an update, the updated model's.
+func (c *collector) mapRow(m *modelMeta, mv map[string]any) string {
+	if m.rowKey != nil {
+		for _, k := range []string{m.rowKey.Name, m.rowKey.DBName} {
+			if v, ok := mv[k]; ok {
+				if r := idText(normOwnerAny(v)); r != "" {
+					return r
+				}
+			}
+		}
+	}
+	if c.update && m == c.m {
+		return c.defRow
+	}
+	return ""
 }

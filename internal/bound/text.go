@@ -76,3 +76,7 @@ func IsBound(stored []byte) bool {
 	_, ok := b64.RawDecode(q[:], stored[:4])
 	return ok && q[0] == Version
 }
+
+// OpenedLen is the most plaintext bytes the text form of n characters can
+// open to: what a caller reserves before [Cipher.OpenText].
+func OpenedLen(n int) int { return max(n*3/4-Overhead, 0) }

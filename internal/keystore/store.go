@@ -30,6 +30,7 @@ import (
 
 	"github.com/gorm-envelope/envelope/dek"
 	"github.com/gorm-envelope/envelope/internal/blind"
+	"github.com/gorm-envelope/envelope/internal/bound"
 	"github.com/gorm-envelope/envelope/internal/cache"
 	"github.com/gorm-envelope/envelope/internal/profilemeta"
 	"github.com/gorm-envelope/envelope/internal/token"
@@ -43,12 +44,31 @@ type Key struct {
 	C        *token.Cipher
 	Shredded bool
 
+	bound atomic.Pointer[bound.Cipher] // the bound-value cipher, made on first use
+
 	root    dek.DEK  // the DEK's bytes, the root of the owner's blind-index keys
 	indexes sync.Map // index name -> *blind.Key, derived on first use
 }
 
 // newKey prepares d for use; the caller may clear d afterwards.
 func newKey(d dek.DEK) *Key { return &Key{C: token.New(d), root: d} }
+
+// NewKey prepares d for use outside a store (tests, jobs); the caller may
+// clear d afterwards.
+func NewKey(d dek.DEK) *Key { return newKey(d) }
+
+// Bound returns the cipher of the owner's bound values (docs/format.md,
+// "Bound values"), deriving its key from the DEK on first use.
+func (k *Key) Bound() *bound.Cipher {
+	if c := k.bound.Load(); c != nil {
+		return c
+	}
+	c := bound.New(k.root)
+	if k.bound.CompareAndSwap(nil, c) {
+		return c
+	}
+	return k.bound.Load()
+}
 
 // IndexKey returns the key of the owner's blind index name, derived from
 // the DEK (HKDF, docs/format.md) on first use.
