@@ -6,6 +6,7 @@ import (
 	"testing"
 
 	"github.com/fernet/fernet-go"
+	"github.com/gorm-envelope/envelope"
 	"github.com/gorm-envelope/envelope/dek"
 	"gorm.io/gorm"
 )
@@ -71,6 +72,34 @@ func BenchmarkCreateInBatches(b *testing.B) {
 					b.StartTimer()
 				}
 				b.ReportMetric(float64(queries)/float64(b.N), "profiles-queries/op")
+			})
+			b.Run("bound-warm", func(b *testing.B) {
+				envB, _ := withFormat(b, bare, keys, envelope.FormatBound)
+				first := boundRows()
+				must(b, envB.CreateInBatches(&first, batchSize).Error)
+				var warm []BoundRow
+				must(b, envB.Find(&warm).Error)
+				createLoop(b, bare, "bound_rows", boundRows, func(rows []BoundRow) error {
+					return envB.CreateInBatches(&rows, batchSize).Error
+				})
+			})
+			b.Run("bound-cold", func(b *testing.B) {
+				b.ReportAllocs()
+				for b.Loop() {
+					b.StopTimer()
+					truncate(b, bare, "bound_rows")
+					rows := boundRows()
+					db, _ := withFormat(b, bare, keys, envelope.FormatBound)
+					var none []BoundRow
+					must(b, db.Where("1 = 0").Find(&none).Error)
+					b.StartTimer()
+
+					must(b, db.CreateInBatches(&rows, batchSize).Error)
+
+					b.StopTimer()
+					checkWrite(b, rows[len(rows)-1].ID)
+					b.StartTimer()
+				}
 			})
 			b.Run("gorm-crypto", func(b *testing.B) {
 				createLoop(b, bare, "crypto_rows", cryptoRows, func(rows []CryptoRow) error {

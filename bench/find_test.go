@@ -6,6 +6,7 @@ import (
 	"testing"
 
 	"github.com/fernet/fernet-go"
+	"github.com/gorm-envelope/envelope"
 	"github.com/gorm-envelope/envelope/dek"
 	"gorm.io/gorm"
 )
@@ -25,6 +26,9 @@ func BenchmarkFind(b *testing.B) {
 			env, envQueries := withPlugin(b, bare, keys)
 			secret := secretRows()
 			must(b, env.CreateInBatches(&secret, batchSize).Error)
+			envB, envBQueries := withFormat(b, bare, keys, envelope.FormatBound)
+			bnd := boundRows()
+			must(b, envB.CreateInBatches(&bnd, batchSize).Error)
 			plain := plainRows()
 			must(b, bare.CreateInBatches(&plain, batchSize).Error)
 			gc := cryptoRows()
@@ -78,6 +82,39 @@ func BenchmarkFind(b *testing.B) {
 					b.StartTimer()
 
 					var out []SecretRow
+					must(b, db.Find(&out).Error)
+
+					b.StopTimer()
+					queries += n.Load() - start
+					checkRead(b, len(out), out[len(out)-1].ID, out[len(out)-1].Token)
+					b.StartTimer()
+				}
+				b.ReportMetric(float64(queries)/float64(b.N), "profiles-queries/op")
+			})
+			b.Run("bound-warm", func(b *testing.B) {
+				var warm []BoundRow
+				must(b, envB.Find(&warm).Error)
+				start := envBQueries.Load()
+				b.ReportAllocs()
+				for b.Loop() {
+					var out []BoundRow
+					must(b, envB.Find(&out).Error)
+					checkRead(b, len(out), out[len(out)-1].ID, out[len(out)-1].Token)
+				}
+				b.ReportMetric(float64(envBQueries.Load()-start)/float64(b.N), "profiles-queries/op")
+			})
+			b.Run("bound-cold", func(b *testing.B) {
+				var queries int64
+				b.ReportAllocs()
+				for b.Loop() {
+					b.StopTimer()
+					db, n := withFormat(b, bare, keys, envelope.FormatBound)
+					var none []BoundRow
+					must(b, db.Where("1 = 0").Find(&none).Error)
+					start := n.Load()
+					b.StartTimer()
+
+					var out []BoundRow
 					must(b, db.Find(&out).Error)
 
 					b.StopTimer()

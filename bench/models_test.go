@@ -50,6 +50,24 @@ type SecretRow struct {
 	Token    string `gorm:"serializer:envelope"`
 }
 
+// BoundRow is SecretRow written in the bound format (its own table, so
+// the two formats are read separately).
+type BoundRow struct {
+	ID       uint
+	UserID   uint `gorm:"index" envelope:"owner"`
+	Facility string
+	Password string `gorm:"serializer:envelope"`
+	Token    string `gorm:"serializer:envelope"`
+}
+
+func boundRows() []BoundRow {
+	rows := make([]BoundRow, nRows)
+	for i := range rows {
+		rows[i] = BoundRow{UserID: owner(i), Facility: "lco", Password: password(i), Token: token(i)}
+	}
+	return rows
+}
+
 // TokenRow is secret_rows as the per-row approach sees it: Fernet tokens
 // it decrypts itself.
 type TokenRow struct {
@@ -81,7 +99,7 @@ type CrypterRow struct {
 }
 
 // allModels are migrated in every benchmark database.
-var allModels = []any{&Profile{}, &PlainRow{}, &SecretRow{}, &CryptoRow{}, &CrypterRow{}}
+var allModels = []any{&Profile{}, &PlainRow{}, &SecretRow{}, &BoundRow{}, &CryptoRow{}, &CrypterRow{}}
 
 // password and token are about 30 and 40 bytes.
 func password(i int) string { return fmt.Sprintf("password-%08d-abcdefghijkl", i) }
@@ -162,9 +180,14 @@ func newKeys(b testing.TB) *dek.Keyring {
 // withPlugin returns a new *gorm.DB on bare's pool with a new envelope
 // plugin (so an empty DEK cache), and a counter of its profiles queries.
 func withPlugin(b testing.TB, bare *gorm.DB, keys *dek.Keyring) (*gorm.DB, *atomic.Int64) {
+	return withFormat(b, bare, keys, envelope.FormatFernet)
+}
+
+// withFormat is withPlugin with a plugin writing format.
+func withFormat(b testing.TB, bare *gorm.DB, keys *dek.Keyring, format envelope.Format) (*gorm.DB, *atomic.Int64) {
 	b.Helper()
 	db := reopen(b, bare)
-	must(b, db.Use(envelope.New(envelope.Config{Keys: keys, Profile: &Profile{}})))
+	must(b, db.Use(envelope.New(envelope.Config{Keys: keys, Profile: &Profile{}, Format: format})))
 	return db, countProfileQueries(b, db)
 }
 

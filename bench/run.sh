@@ -56,7 +56,7 @@ stat() { (cd "$here" && go run "$benchstat" "$@"); }
 
 echo
 echo "== benchstat: Find and CreateInBatches, each column against plain"
-stat -table .name -row /db -col '/impl@(plain raw-tokens envelope-warm envelope-cold gorm-crypto sqlcrypter per-row)' \
+stat -table .name -row /db -col '/impl@(plain raw-tokens envelope-warm envelope-cold bound-warm bound-cold gorm-crypto sqlcrypter per-row)' \
 	"$tmp/bench.txt" | tee "$out/bench.stat.txt"
 
 echo

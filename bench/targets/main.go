@@ -185,6 +185,27 @@ func main() {
 	for _, size := range []string{"32B", "256B", "1KiB", "4KiB"} {
 		p.ratio("codec decrypt "+size+": fernet-go / ours", "BenchmarkDecrypt/fernet-go/"+size, "BenchmarkDecrypt/ours/"+size, false, 2)
 	}
+	// The bound format (issue 15): Find ≤ 1.15× warm and ≤ 1.3× cold on
+	// PostgreSQL, ≤ 1.2× on SQLite; CreateInBatches ≤ 1.25×; ahead of
+	// both peers.
+	for _, db := range []struct {
+		name       string
+		warm, cold float64
+	}{{"postgres", 1.15, 1.3}, {"sqlite", 1.2, 1.2}} {
+		f := "BenchmarkFind/" + db.name + "/"
+		p.ratio("Find "+db.name+": bound-warm / plain", f+"bound-warm", f+"plain", true, db.warm)
+		p.ratio("Find "+db.name+": bound-cold / plain", f+"bound-cold", f+"plain", true, db.cold)
+		c := "BenchmarkCreateInBatches/" + db.name + "/"
+		for _, mode := range []string{"warm", "cold"} {
+			p.ratio("CreateInBatches "+db.name+": bound-"+mode+" / plain", c+"bound-"+mode, c+"plain", true, 1.25)
+		}
+		for _, bench := range []string{"Find", "CreateInBatches"} {
+			for _, peer := range []string{"gorm-crypto", "sqlcrypter"} {
+				g := "Benchmark" + bench + "/" + db.name + "/"
+				p.ratio(bench+" "+db.name+": bound-warm / "+peer, g+"bound-warm", g+peer, true, 1)
+			}
+		}
+	}
 	for _, db := range []string{"postgres", "sqlite"} {
 		f := "BenchmarkFind/" + db + "/"
 		p.queries("Find "+db+": profiles queries, cold", f+"envelope-cold", 1)
