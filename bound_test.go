@@ -20,7 +20,7 @@ import (
 // CredentialArchive is another table with Credential's columns.
 type CredentialArchive struct {
 	ID       uint
-	UserID   uint `envelope:"owner"`
+	UserID   uint    `envelope:"owner"`
 	Password string  `gorm:"serializer:envelope"`
 	APIKey   *string `gorm:"serializer:envelope"`
 }
@@ -302,12 +302,19 @@ func TestBoundRowBindingPaths(t *testing.T) {
 			t.Fatalf("read without id: %v, want ErrDecrypt", err)
 		}
 
-		before := snapshot(t, db)
+		// Every value rewritten with the new id: sealed for the new row.
+		must(t, db.Model(&BoundNote{ID: "r3", UserID: 8}).Updates(map[string]any{"id": "r3-new", "title": "t3-new", "body": "b3-new"}).Error)
+		if got := read("r3-new"); got.Title != "t3-new" || *got.Body != "b3-new" {
+			t.Fatalf("after a change of id: %+v", got)
+		}
+				before := snapshot(t, db)
 		refused := map[string]*gorm.DB{
 			"Create without id": db.Create(&BoundNote{UserID: 7, Slug: "r0", Title: "x"}),
 			"Update by owner":   db.Model(&BoundNote{UserID: 7}).Where("slug <> ?", "").Update("title", "x"),
 			"Updates map by condition": db.Model(&BoundNote{}).Where("slug = ?", "r1").
 				Updates(map[string]any{"user_id": 7, "title": "x"}),
+			"Update of the id":          db.Model(&BoundNote{ID: "r1", UserID: 7}).Update("id", "r1-new"),
+			"Updates of id and a value": db.Model(&BoundNote{ID: "r1", UserID: 7}).Updates(map[string]any{"id": "r1-new", "title": "x"}),
 			"upsert on slug": db.Clauses(clause.OnConflict{Columns: []clause.Column{{Name: "slug"}}, UpdateAll: true}).
 				Create(&BoundNote{ID: "r9", UserID: 7, Slug: "r1", Title: "x"}),
 			"upsert assigning a value": db.Clauses(clause.OnConflict{Columns: []clause.Column{{Name: "id"}}, DoUpdates: clause.Assignments(map[string]any{"title": "x"})}).

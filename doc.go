@@ -73,6 +73,14 @@
 // replaced it with one Fernet key derived from Django's SECRET_KEY, which
 // is not per user and not what this package reads.
 //
+// With Config.Format set to [FormatBound], new values are bound values
+// instead: AES-256-GCM under a key derived from the owner's DEK, with the
+// table, column and owner (and, for a model whose primary key is tagged
+// envelope:"row", the row) as associated data, so a value copied anywhere
+// else does not open. Reads accept both formats in every configuration;
+// [Reseal] rewrites a table's stored values in the configured format.
+// docs/format.md specifies both byte by byte.
+//
 // # Errors
 //
 // Statements fail with errors that errors.Is matches against [ErrNoKey],

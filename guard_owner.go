@@ -138,6 +138,11 @@ func (c *collector) checkUpdate(ws writeSet) bool {
 			allEnc = false
 		}
 	}
+	if m.rowKey != nil && ws.cols[m.rowKey.DBName] && !allEnc {
+		// The values not rewritten would stay bound to the old key.
+		c.fail(&FieldError{Model: m.name, Field: m.rowKey.Name, Err: fmt.Errorf("%w: model %s binds its values to their row (envelope:\"row\"): changing %s needs every encrypted column rewritten in the same update", ErrUnsafe, m.name, m.rowKey.Name)})
+		return false
+	}
 	if !ws.owner {
 		if encWritten && c.defOwner != nil && !c.ambig {
 			c.pin(c.defOwner)
