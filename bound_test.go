@@ -307,7 +307,7 @@ func TestBoundRowBindingPaths(t *testing.T) {
 		if got := read("r3-new"); got.Title != "t3-new" || *got.Body != "b3-new" {
 			t.Fatalf("after a change of id: %+v", got)
 		}
-				before := snapshot(t, db)
+		before := snapshot(t, db)
 		refused := map[string]*gorm.DB{
 			"Create without id": db.Create(&BoundNote{UserID: 7, Slug: "r0", Title: "x"}),
 			"Update by owner":   db.Model(&BoundNote{UserID: 7}).Where("slug <> ?", "").Update("title", "x"),
