@@ -73,6 +73,12 @@
 // replaced it with one Fernet key derived from Django's SECRET_KEY, which
 // is not per user and not what this package reads.
 //
+// With [Config.BindDEKs], new DEKs are instead encrypted together with
+// their owner and the profile table's name, so that a DEK copied into
+// another owner's profile does not open (docs/format.md, "Owner-bound
+// DEKs"). TOM Toolkit cannot read such a DEK, so it is off by default;
+// DEKs of both layouts are read whatever the setting.
+//
 // # Errors
 //
 // Statements fail with errors that errors.Is matches against [ErrNoKey],
