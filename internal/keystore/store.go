@@ -381,12 +381,12 @@ func (s *Store) Opens(ctx context.Context, enc []byte) error {
 // binding is the row of owner (normalised: int64 or string) in the
 // profile table, as a bound DEK names it.
 func (s *Store) binding(owner any) dek.Binding {
-	return dek.Binding{Table: s.prof.Table, Owner: OwnerText(owner)}
+	return dek.Binding{Table: s.prof.Table, Owner: ownerText(owner)}
 }
 
-// OwnerText is a normalised owner as a bound DEK names it: an int64 in
+// ownerText is a normalised owner as a bound DEK names it: an int64 in
 // decimal, a string as it is (docs/format.md, "Owner-bound DEKs").
-func OwnerText(owner any) string {
+func ownerText(owner any) string {
 	switch o := owner.(type) {
 	case int64:
 		return strconv.FormatInt(o, 10)
@@ -404,7 +404,7 @@ func OwnerText(owner any) string {
 // unambiguous whatever bytes the owner and the DEK hold, so the same
 // bytes in two owners' rows never share a name.
 func openedName(owner any, enc []byte) string {
-	o := OwnerText(owner)
+	o := ownerText(owner)
 	return strconv.Itoa(len(o)) + ":" + o + string(enc)
 }
 
