@@ -367,9 +367,10 @@ func (s *Store) Opens(ctx context.Context, enc []byte) error {
 	if s.keys == nil {
 		return dek.ErrNoKey
 	}
-	// No owner's text is empty after a zero byte; a bound DEK decrypted
-	// under a configured key is refused as bound elsewhere, which proves
-	// the key.
+	// The binding asked for names no real row (an owner of one zero
+	// byte): a legacy DEK opens whatever it is, and a bound DEK that a
+	// configured key decrypts is refused as bound elsewhere, which proves
+	// the key just the same.
 	d, _, _, err := s.keys.OpenBound(ctx, enc, dek.Binding{Table: s.prof.Table, Owner: "\x00"})
 	clear(d[:])
 	if errors.Is(err, dek.ErrBoundElsewhere) {
