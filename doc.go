@@ -81,6 +81,13 @@
 // [Reseal] rewrites a table's stored values in the configured format.
 // docs/format.md specifies both byte by byte.
 //
+// With [Config.BindDEKs], new DEKs are instead encrypted together with
+// their owner and the profile table's name, so that a DEK copied into
+// another owner's profile does not open (docs/format.md, "Owner-bound
+// DEKs"). TOM Toolkit cannot read such a DEK, so it is off by default;
+// DEKs of both layouts are read whatever the setting. FormatBound implies
+// it: TOM Toolkit reads no bound value either.
+//
 // # Errors
 //
 // Statements fail with errors that errors.Is matches against [ErrNoKey],

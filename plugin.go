@@ -74,7 +74,20 @@ type Config struct {
 	// values in them even before this process has used them. A model used
 	// through the plugin is known from then on without being listed.
 	Models []any
+
+	// BindDEKs seals new DEKs bound to their owner and the profile table
+	// (docs/format.md, "Owner-bound DEKs"): a DEK copied into another
+	// owner's profile row does not open there. DEKs already stored in TOM
+	// Toolkit's layout keep opening, and rotate.Run with
+	// rotate.Options.BindDEKs upgrades them. Off by default, because TOM
+	// Toolkit cannot open a bound DEK; Format: FormatBound implies it.
+	BindDEKs bool
 }
+
+// bindDEKs reports whether new DEKs are sealed bound to their profile row:
+// asked for, or implied by the bound value format, which TOM Toolkit does
+// not read either.
+func (c Config) bindDEKs() bool { return c.BindDEKs || c.Format == FormatBound }
 
 // Plugin is the GORM plugin. Create it with [New] and register it with
 // db.Use. One Plugin serves one *gorm.DB (and the sessions made from it).
@@ -172,7 +185,7 @@ func (p *Plugin) initialize(db *gorm.DB) error {
 		return err
 	}
 	p.prof = prof
-	p.store = keystore.New(prof, p.keys, p.log, p.cacheSize, p.cacheTTL)
+	p.store = keystore.New(prof, p.keys, p.log, p.cacheSize, p.cacheTTL, p.cfg.bindDEKs())
 	p.ikeys = indexkeys.New(db, p.keys, p.cacheTTL)
 	if p.keys == nil {
 		p.log.Warn("envelope: no master key configured; encrypted fields cannot be read or written",
@@ -218,7 +231,7 @@ func (p *Plugin) checkKeys(db *gorm.DB) error {
 			continue
 		}
 		tried++
-		if _, _, err := p.keys.Open(context.Background(), e); err == nil {
+		if err := p.store.Opens(context.Background(), e); err == nil {
 			return nil
 		} else if !errors.Is(err, dek.ErrDecrypt) {
 			return fmt.Errorf("envelope: check keys: %w", err)

@@ -127,7 +127,8 @@ func (p *Plugin) deletedOwners(stmt *gorm.Statement) (owners []any, ok bool) {
 	return nil, false
 }
 
-// giveProfilesDEKs gives every Profile being created without a DEK a new one.
+// giveProfilesDEKs gives every Profile being created without a DEK a new
+// one, bound to the profile's owner under Config.BindDEKs.
 func (p *Plugin) giveProfilesDEKs(db *gorm.DB) {
 	if p.keys == nil {
 		return
@@ -146,12 +147,21 @@ func (p *Plugin) giveProfilesDEKs(db *gorm.DB) {
 			if !ok || fv.Len() > 0 || !fv.CanSet() {
 				return
 			}
+			var owner any
+			if ov, ok := fieldValue(p.prof.Owner, v); ok {
+				owner = normOwner(ov)
+			}
+			if owner == nil && p.store.BindsDEKs() {
+				// A bound DEK names its owner, not known yet: the owner's
+				// first write gives the row one (the DEK column is NULL).
+				return
+			}
 			d, err := dek.NewDEK()
 			if err != nil {
 				db.AddError(err)
 				return
 			}
-			enc, err := p.keys.Seal(ctx, d)
+			enc, err := p.store.Seal(ctx, owner, d)
 			clear(d[:])
 			if err != nil {
 				db.AddError(err)

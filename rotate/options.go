@@ -40,9 +40,20 @@ type Options struct {
 	Profile any
 
 	// Table and column names, used when Profile is nil. Empty names take the
-	// defaults: profiles, id, encrypted_dek, user_id. OwnerColumn is only
-	// used to name owners in failure reports; "-" leaves it out.
+	// defaults: profiles, id, encrypted_dek, user_id. The table's name and
+	// the owner column are what an owner-bound DEK is checked against
+	// (docs/format.md, "Owner-bound DEKs"): give Table as the plugin names
+	// the profile table. OwnerColumn "-" leaves the owner out: then only
+	// DEKs in the legacy layout open, and owners are not named in failure
+	// reports.
 	Table, IDColumn, DEKColumn, OwnerColumn string
+
+	// BindDEKs makes Run seal every DEK still in TOM Toolkit's legacy
+	// layout bound to its profile row, whether or not it is under the
+	// primary key already, counting them in Result.Upgraded; and Backfill
+	// give bound DEKs. DEKs already bound stay bound either way. Leave it
+	// off while TOM Toolkit must read the DEKs: it cannot open a bound one.
+	BindDEKs bool
 
 	// BatchSize is the number of profiles read and written per transaction.
 	// Zero means DefaultBatchSize.
@@ -72,7 +83,7 @@ type Progress struct {
 	// an estimate on a live database (profiles may be added meanwhile).
 	Total int
 	// The counts so far, as in Result.
-	Rotated, AlreadyCurrent, Empty, Shredded, Failed, Skipped int
+	Rotated, AlreadyCurrent, Empty, Shredded, Failed, Skipped, Upgraded int
 }
 
 // Failure names a DEK, or a blind-index key, that could not be processed.
@@ -171,6 +182,7 @@ type target struct {
 	id        string // quoted
 	dek       string // quoted
 	owner     string // quoted, or "" when none
+	bindTable string // the profile table's name, unquoted, as a bound DEK names it
 	version   string // quoted version column of the index-key table, or ""
 	batchSize int
 	pgx       bool // PostgreSQL through pgx, which binds Go slices as arrays
@@ -215,7 +227,10 @@ func (o *Options) resolve(ctx context.Context, db *gorm.DB) (*target, error) {
 	}
 	if owner != "-" {
 		t.owner = quote(db, owner)
+	} else if o.BindDEKs {
+		return nil, errors.New(`Options.BindDEKs needs the owner column, which a bound DEK names (OwnerColumn is "-")`)
 	}
+	t.bindTable = table
 	if t.dialect == "postgres" {
 		if sqlDB, err := db.DB(); err == nil {
 			ty := reflect.TypeOf(sqlDB.Driver())

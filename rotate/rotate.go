@@ -32,6 +32,11 @@ type Result struct {
 	// writer won every compare-and-swap). They were left as the other
 	// writer made them; a second run picks them up.
 	Skipped int
+	// Upgraded counts DEKs in TOM Toolkit's legacy layout that this run
+	// sealed bound to their profile row under Options.BindDEKs (in a dry
+	// run: would have), whether they were under an old key (also counted
+	// in Rotated) or already under the primary (also in AlreadyCurrent).
+	Upgraded int
 
 	Failures []Failure
 
@@ -59,7 +64,7 @@ func (r *Result) progress(scanned, total int) Progress {
 	return Progress{
 		Scanned: scanned, Total: total,
 		Rotated: r.Rotated, AlreadyCurrent: r.AlreadyCurrent, Empty: r.Empty,
-		Shredded: r.Shredded, Failed: r.Failed, Skipped: r.Skipped,
+		Shredded: r.Shredded, Failed: r.Failed, Skipped: r.Skipped, Upgraded: r.Upgraded,
 	}
 }
 
@@ -94,10 +99,12 @@ const (
 
 // item is one row's outcome of the crypto step.
 type item struct {
-	kind   kind
-	keyIdx int    // index of the key that opened it
-	sealed []byte // kindRotate: the DEK under the primary key, verified
-	reason string // kindFailed
+	kind    kind
+	keyIdx  int    // index of the key that opened it
+	bound   bool   // it was read in the bound layout
+	upgrade bool   // kindRotate: a legacy DEK sealed bound
+	sealed  []byte // kindRotate: the DEK under the primary key, verified
+	reason  string // kindFailed
 }
 
 // Run re-encrypts, under opts.Keys' primary key, every DEK that opens under
@@ -111,6 +118,14 @@ type item struct {
 // concurrent change (a shred, a new DEK) is never overwritten. Every DEK is
 // openable by opts.Keys at every instant, so a run that is killed or
 // cancelled can simply be run again; a rerun rotates only what is left.
+//
+// Each DEK is opened with its row's binding (the profile table and the
+// row's owner; docs/format.md, "Owner-bound DEKs") and keeps its layout: a
+// bound DEK is sealed bound again, a legacy one stays legacy unless
+// opts.BindDEKs is set, in which case it is sealed bound too (also when it
+// is already under the primary key) and counted in Result.Upgraded. A
+// bound DEK that names another row (copied there) is a failure, like a
+// DEK no key opens, and is left as it is.
 //
 // DEKs that no key opens are counted in Result.Failed and named in
 // Result.Failures; the others are still rotated, and Run returns a
@@ -138,7 +153,7 @@ func Run(ctx context.Context, db *gorm.DB, opts Options) (Result, error) {
 			return res, wrap(err)
 		}
 	}
-	c := &cryptor{keys: opts.Keys, verify: primaryOnly}
+	c := &cryptor{keys: opts.Keys, verify: primaryOnly, table: t.bindTable, bind: opts.BindDEKs}
 	scanned := 0
 	err = t.pipeline(ctx, c, func(ctx context.Context, rows []row, items []item) (Result, error) {
 		return t.rotateBatch(ctx, c, rows, items, opts.DryRun)
@@ -202,6 +217,7 @@ func (r *Result) add(d Result) {
 	r.Shredded += d.Shredded
 	r.Failed += d.Failed
 	r.Skipped += d.Skipped
+	r.Upgraded += d.Upgraded
 	if room := MaxFailures - len(r.Failures); room > 0 {
 		r.Failures = append(r.Failures, d.Failures[:min(room, len(d.Failures))]...)
 	}
@@ -225,6 +241,7 @@ func (t *target) rotateBatch(ctx context.Context, c *cryptor, rows []row, items 
 		}
 		var cs []change
 		var pending []row
+		var pendingItems []item
 		for i, it := range items {
 			switch it.kind {
 			case kindEmpty:
@@ -238,13 +255,16 @@ func (t *target) rotateBatch(ctx context.Context, c *cryptor, rows []row, items 
 			case kindRotate:
 				cs = append(cs, change{id: rows[i].id, old: rows[i].enc, new: it.sealed})
 				pending = append(pending, rows[i])
+				pendingItems = append(pendingItems, it)
 			}
 		}
 		if len(cs) == 0 {
 			return res, nil
 		}
 		if dryRun {
-			res.Rotated += len(cs)
+			for _, it := range pendingItems {
+				res.written(it)
+			}
 			return res, nil
 		}
 		if t.beforeWrite != nil {
@@ -257,7 +277,7 @@ func (t *target) rotateBatch(ctx context.Context, c *cryptor, rows []row, items 
 		var lost []any
 		for i, ok := range done {
 			if ok {
-				res.Rotated++
+				res.written(pendingItems[i])
 			} else {
 				lost = append(lost, pending[i].id)
 			}
@@ -274,6 +294,19 @@ func (t *target) rotateBatch(ctx context.Context, c *cryptor, rows []row, items 
 		if rows, err = t.reread(ctx, lost); err != nil {
 			return res, err
 		}
+	}
+}
+
+// written counts a DEK rewritten under the primary key: rotated off an old
+// key, or upgraded to the bound layout (and already current, or rotated).
+func (r *Result) written(it item) {
+	if it.keyIdx == 0 {
+		r.AlreadyCurrent++
+	} else {
+		r.Rotated++
+	}
+	if it.upgrade {
+		r.Upgraded++
 	}
 }
 
@@ -299,6 +332,11 @@ type cryptor struct {
 	// strict, for blind-index keys, which are never empty or shredded:
 	// such a value is a failure, as it is to the key store.
 	strict bool
+	// table is the profile table a bound DEK names; "" for blind-index
+	// keys, which belong to no row and stay in the legacy layout.
+	table string
+	// bind seals legacy DEKs bound to their row (Options.BindDEKs).
+	bind bool
 }
 
 // minPerWorker keeps tiny batches on one goroutine.
@@ -309,7 +347,7 @@ func (c *cryptor) process(ctx context.Context, rows []row) []item {
 	workers := min(runtime.GOMAXPROCS(0), (len(rows)+minPerWorker-1)/minPerWorker)
 	if workers <= 1 {
 		for i := range rows {
-			items[i] = c.one(ctx, rows[i].enc)
+			items[i] = c.one(ctx, rows[i])
 		}
 		return items
 	}
@@ -319,7 +357,7 @@ func (c *cryptor) process(ctx context.Context, rows []row) []item {
 		hi := min(lo+per, len(rows))
 		wg.Go(func() {
 			for i := lo; i < hi; i++ {
-				items[i] = c.one(ctx, rows[i].enc)
+				items[i] = c.one(ctx, rows[i])
 			}
 		})
 	}
@@ -327,7 +365,8 @@ func (c *cryptor) process(ctx context.Context, rows []row) []item {
 	return items
 }
 
-func (c *cryptor) one(ctx context.Context, enc []byte) item {
+func (c *cryptor) one(ctx context.Context, r row) item {
+	enc := r.enc
 	switch {
 	case len(enc) == 0 && c.strict:
 		return item{kind: kindFailed, keyIdx: -1, reason: "empty wrapped key"}
@@ -336,25 +375,63 @@ func (c *cryptor) one(ctx context.Context, enc []byte) item {
 	case dek.IsTombstone(enc) && !c.strict:
 		return item{kind: kindShredded}
 	}
-	d, idx, err := c.keys.Open(ctx, enc)
+	b, hasRow := c.binding(r)
+	var (
+		d     dek.DEK
+		idx   int
+		bound bool
+		err   error
+	)
+	if hasRow {
+		d, idx, bound, err = c.keys.OpenBound(ctx, enc, b)
+	} else {
+		// No row to check a binding against: only the legacy layout opens.
+		d, idx, err = c.keys.Open(ctx, enc)
+	}
 	if err != nil {
 		return item{kind: kindFailed, keyIdx: -1, reason: c.reason(err.Error())}
 	}
 	defer clear(d[:])
-	if idx == 0 || c.status {
-		return item{kind: kindCurrent, keyIdx: idx}
+	upgrade := c.bind && hasRow && !bound
+	if (idx == 0 && !upgrade) || c.status {
+		return item{kind: kindCurrent, keyIdx: idx, bound: bound}
 	}
-	sealed, err := c.keys.Seal(ctx, d)
+	seal := bound || upgrade
+	var sealed []byte
+	if seal {
+		sealed, err = c.keys.SealBound(ctx, d, b)
+	} else {
+		sealed, err = c.keys.Seal(ctx, d)
+	}
 	if err != nil {
-		return item{kind: kindFailed, keyIdx: idx, reason: c.reason(err.Error())}
+		return item{kind: kindFailed, keyIdx: idx, bound: bound, reason: c.reason(err.Error())}
 	}
-	check, _, err := c.verify.Open(ctx, sealed)
-	ok := err == nil && subtle.ConstantTimeCompare(check[:], d[:]) == 1
+	// The new value must open under the primary key alone, to the same
+	// DEK, in the layout it was sealed in, with the same binding.
+	var check dek.DEK
+	checkBound := false
+	if seal {
+		check, _, checkBound, err = c.verify.OpenBound(ctx, sealed, b)
+	} else {
+		check, _, err = c.verify.Open(ctx, sealed)
+	}
+	ok := err == nil && checkBound == seal && subtle.ConstantTimeCompare(check[:], d[:]) == 1
 	clear(check[:])
 	if !ok {
-		return item{kind: kindFailed, keyIdx: idx, reason: c.reason("re-encrypted DEK did not open to the same DEK under the primary key")}
+		return item{kind: kindFailed, keyIdx: idx, bound: bound, reason: c.reason("re-encrypted DEK did not open to the same DEK under the primary key")}
 	}
-	return item{kind: kindRotate, keyIdx: idx, sealed: sealed}
+	return item{kind: kindRotate, keyIdx: idx, bound: bound, upgrade: upgrade, sealed: sealed}
+}
+
+// binding is the profile row r as a bound DEK names it: the profile table
+// and the row's owner as text. ok is false for a blind-index key, and for
+// a profile whose owner is not read (OwnerColumn "-") or is NULL.
+func (c *cryptor) binding(r row) (b dek.Binding, ok bool) {
+	if c.table == "" || r.owner == nil {
+		return dek.Binding{}, false
+	}
+	b = dek.Binding{Table: c.table, Owner: bindingOwner(r.owner)}
+	return b, b.Owner != ""
 }
 
 // reason is an error's text for a Failure. Errors from dek never contain

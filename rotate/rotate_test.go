@@ -94,7 +94,7 @@ func TestRunRoundTrip(t *testing.T) {
 func sameCounts(a, b Result) bool {
 	a.Failures, b.Failures = nil, nil
 	return a.Rotated == b.Rotated && a.AlreadyCurrent == b.AlreadyCurrent && a.Empty == b.Empty &&
-		a.Shredded == b.Shredded && a.Failed == b.Failed && a.Skipped == b.Skipped
+		a.Shredded == b.Shredded && a.Failed == b.Failed && a.Skipped == b.Skipped && a.Upgraded == b.Upgraded
 }
 
 func TestRunPartialFailure(t *testing.T) {

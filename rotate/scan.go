@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"math"
+	"strconv"
 	"strings"
 
 	"gorm.io/gorm"
@@ -172,6 +173,27 @@ func ownerText(v any) string {
 		return x
 	}
 	return fmt.Sprint(v)
+}
+
+// bindingOwner is a scanned owner as a bound DEK names it, the way the
+// plugin writes it: an integer in decimal (an unsigned one above the
+// int64 range as the plugin's int64 holds it), a string as it is.
+func bindingOwner(v any) string {
+	switch x := v.(type) {
+	case int64:
+		return strconv.FormatInt(x, 10)
+	case int32:
+		return strconv.FormatInt(int64(x), 10)
+	case int:
+		return strconv.FormatInt(int64(x), 10)
+	case uint64:
+		return strconv.FormatInt(int64(x), 10)
+	case uint32:
+		return strconv.FormatUint(uint64(x), 10)
+	case uint:
+		return strconv.FormatInt(int64(x), 10)
+	}
+	return ownerText(v)
 }
 
 func idText(v any) string {

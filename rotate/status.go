@@ -2,6 +2,7 @@ package rotate
 
 import (
 	"context"
+	"fmt"
 
 	"gorm.io/gorm"
 
@@ -29,6 +30,10 @@ type StatusResult struct {
 	Empty int
 	// Shredded counts crypto-shredded DEKs.
 	Shredded int
+	// Legacy counts the DEKs counted in Keys that are in TOM Toolkit's
+	// legacy layout, not bound to their profile row (docs/format.md,
+	// "Owner-bound DEKs"): Run with Options.BindDEKs upgrades them.
+	Legacy int
 	// Total is the number of profiles examined.
 	Total int
 
@@ -84,7 +89,7 @@ func Status(ctx context.Context, db *gorm.DB, opts Options) (StatusResult, error
 			return st, wrap(err)
 		}
 	}
-	c := &cryptor{keys: opts.Keys, status: true}
+	c := &cryptor{keys: opts.Keys, status: true, table: t.bindTable}
 	err = t.scan(ctx, "", func(rows []row) error {
 		for i, it := range c.process(ctx, rows) {
 			switch it.kind {
@@ -94,6 +99,9 @@ func Status(ctx context.Context, db *gorm.DB, opts Options) (StatusResult, error
 				st.Shredded++
 			case kindCurrent:
 				st.Keys[it.keyIdx].Count++
+				if !it.bound {
+					st.Legacy++
+				}
 			case kindFailed:
 				st.Undecryptable++
 				if len(st.Failures) < MaxFailures {
@@ -152,6 +160,8 @@ func Verify(ctx context.Context, db *gorm.DB, opts Options) (StatusResult, error
 
 // Backfill gives a new DEK, sealed under opts.Keys' primary key, to every
 // profile whose DEK column is NULL or empty, and returns how many it gave.
+// With opts.BindDEKs the DEKs are bound to their profile rows; a profile
+// whose owner is NULL then stops the run, as a bound DEK needs its owner.
 // Each write is conditional on the column still being empty, so a DEK made
 // concurrently (by the app, or another Backfill) is never replaced. In a
 // dry run it returns how many profiles have no DEK.
@@ -179,7 +189,17 @@ func Backfill(ctx context.Context, db *gorm.DB, opts Options) (int, error) {
 			if err != nil {
 				return err
 			}
-			sealed, err := opts.Keys.Seal(ctx, d)
+			var sealed []byte
+			if opts.BindDEKs {
+				b := dek.Binding{Table: t.bindTable, Owner: bindingOwner(r.owner)}
+				if b.Owner == "" {
+					clear(d[:])
+					return fmt.Errorf("profile id %s has no owner, which a bound DEK names", idText(r.id))
+				}
+				sealed, err = opts.Keys.SealBound(ctx, d, b)
+			} else {
+				sealed, err = opts.Keys.Seal(ctx, d)
+			}
 			clear(d[:])
 			if err != nil {
 				return err

@@ -34,6 +34,8 @@ func TestMain(m *testing.M) {
 //	subst FROM TO              copy FROM to TO, replacing @VAR@ by $VAR
 //	envvar FILE NAME VAR       set VAR to the value of NAME in the env file FILE
 //	perm FILE MODE             the file's permission bits are MODE (octal)
+//	copydek DB FROM TO         copy the DEK column of owner FROM's profile into
+//	                           owner TO's, in the SQLite file DB
 //	users DB BEFORE AFTER VAR  write BEFORE users to app_users in DB through the
 //	                           plugin, under the key in $VAR, then add the
 //	                           blind index columns, then write AFTER users
@@ -48,6 +50,8 @@ func TestScripts(t *testing.T) {
 			"envvar": cmdEnvvar,
 			"perm":   cmdPerm,
 			"users":  cmdUsers,
+
+			"copydek": cmdCopyDEK,
 		},
 		Setup: func(e *testscript.Env) error {
 			// Keys come only from what a script sets.
@@ -108,6 +112,19 @@ func cmdSeed(ts *testscript.TestScript, neg bool, args []string) {
 		}
 		ts.Check(db.Create(&p).Error)
 	}
+}
+
+func cmdCopyDEK(ts *testscript.TestScript, neg bool, args []string) {
+	if neg || len(args) != 3 {
+		ts.Fatalf("usage: copydek DB FROM TO")
+	}
+	db, err := gorm.Open(sqlite.Open(ts.MkAbs(args[0])), &gorm.Config{Logger: logger.Discard})
+	ts.Check(err)
+	sqlDB, _ := db.DB()
+	defer sqlDB.Close()
+	var from Profile
+	ts.Check(db.Where("user_id = ?", args[1]).First(&from).Error)
+	ts.Check(db.Model(&Profile{}).Where("user_id = ?", args[2]).Update("encrypted_dek", from.EncryptedDEK).Error)
 }
 
 func cmdSubst(ts *testscript.TestScript, neg bool, args []string) {

@@ -35,7 +35,9 @@ var cmdStatus = &command{
 then each previous key by fingerprint), how many no key opens, and how many
 profiles have no DEK or a shredded one. A previous key that opens no DEK can
 be removed from DEK_ENCRYPTION_KEY_PREVIOUS once every app instance runs with
-the current primary. Writes nothing.
+the current primary. The "legacy layout" line counts the DEKs, among those
+the keys open, that are in TOM Toolkit's layout rather than bound to their
+profile row (envelope rotate --bind-deks binds them). Writes nothing.
 
 When the database has blind-index keys (the table envelope_index_keys), a
 second column counts them the same way: a previous key can be removed once it
@@ -101,14 +103,17 @@ Writes nothing.`,
 
 var cmdBackfill = &command{
 	name:  "backfill",
-	args:  "[--env-file PATH] [--batch-size N] [--dry-run]",
+	args:  "[--env-file PATH] [--bind-deks] [--batch-size N] [--dry-run]",
 	short: "give a DEK to every profile without one",
 	long: `Gives a new DEK, encrypted under the primary key, to every profile whose DEK
 column is NULL or empty. Only the DEK column is written, and only where it is
-still empty, so it is safe while the app runs.`,
+still empty, so it is safe while the app runs. With --bind-deks the DEKs are
+bound to their owner and the profile table, as the plugin makes them under
+Config.BindDEKs.`,
 	flags: func(fs *flag.FlagSet, o *opts) {
 		cmdStatus.flags(fs, o)
 		fs.BoolVar(&o.dryRun, "dry-run", false, "only count the profiles without a DEK")
+		fs.BoolVar(&o.bindDEKs, "bind-deks", false, "bind the new DEKs to their profile rows")
 	},
 	run: func(ctx context.Context, e *env, o *opts) error {
 		ring, err := o.keyring(ctx, e)
@@ -189,6 +194,7 @@ func printStatus(w io.Writer, st rotate.StatusResult) {
 	row("empty", "", st.Empty, "")
 	row("shredded", "", st.Shredded, "")
 	row("total", "", st.Total, st.IndexTotal)
+	row("legacy layout", "", st.Legacy, "")
 	for i, k := range st.Keys[1:] {
 		switch ix := st.IndexKeys[i+1].Count; {
 		case k.Count == 0 && ix == 0 && index:

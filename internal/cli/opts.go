@@ -24,6 +24,7 @@ type opts struct {
 	dryRun                         bool
 	newKey, envFile                string
 	resume                         bool
+	bindDEKs                       bool
 	rows, distinct                 uint64 // index-plan
 	rx                             reindexFlags
 
@@ -155,5 +156,6 @@ func (o *opts) rotateOptions(keys *dek.Keyring) rotate.Options {
 		OwnerColumn: o.ownerCol,
 		BatchSize:   o.batchSize,
 		DryRun:      o.dryRun,
+		BindDEKs:    o.bindDEKs,
 	}
 }

@@ -13,7 +13,7 @@ import (
 
 var cmdRotate = &command{
 	name:  "rotate",
-	args:  "[--new-key KEY | --kms-url URL | --resume] [--env-file PATH] [--batch-size N] [--dry-run]",
+	args:  "[--new-key KEY | --kms-url URL | --resume] [--env-file PATH] [--bind-deks] [--batch-size N] [--dry-run]",
 	short: "re-encrypt every DEK under a new master key",
 	long: `Re-encrypts every DEK under a new master key, in this order:
 
@@ -40,13 +40,22 @@ apply. Step 2 records DEK_ENCRYPTION_KEY=<the key URL> and
 DEK_ENCRYPTION_KEY_PREVIOUS=<the old keys> (in --env-file, or printed), so
 the app and later runs reach the KMS key through the URL; step 1 also
 accepts DEKs already under the KMS key. Where the recorded primary already is
-that URL, nothing is recorded and what is left is re-encrypted under it.`,
+that URL, nothing is recorded and what is left is re-encrypted under it.
+
+With --bind-deks, step 3 also seals every DEK still in TOM Toolkit's legacy
+layout bound to its owner and the profile table (--table names it as the app's
+plugin does), including DEKs already under the new key: a DEK copied into
+another owner's profile row then no longer opens there. DEKs already bound
+stay bound with or without it. TOM Toolkit cannot open a bound DEK; see
+docs/key-management.md. "envelope rotate --resume --bind-deks" upgrades
+without a new key.`,
 	flags: func(fs *flag.FlagSet, o *opts) {
 		o.batchFlags(fs)
 		fs.StringVar(&o.newKey, "new-key", "", "the new master `key` (default: make one)")
 		fs.StringVar(&o.envFile, "env-file", "", "read the current keys from this env file and write the new ones into it")
 		fs.BoolVar(&o.dryRun, "dry-run", false, "check and count what would be rotated; write nothing")
 		fs.BoolVar(&o.resume, "resume", false, "make no new key: re-encrypt what is left under the current primary")
+		fs.BoolVar(&o.bindDEKs, "bind-deks", false, "also seal DEKs in the legacy layout bound to their profile row")
 	},
 	run:      runRotate,
 	database: true,
@@ -148,8 +157,12 @@ func runRotate(ctx context.Context, e *env, o *opts) error {
 		if n := res.IndexKeys + res.IndexKeysCurrent; n > 0 {
 			index = fmt.Sprintf(" and rewrap %d blind-index keys (%d already current)", res.IndexKeys, res.IndexKeysCurrent)
 		}
-		fmt.Fprintf(e.stdout, "dry run: would rotate %d DEKs (%d already current, %d empty, %d shredded)%s; nothing was changed\n",
-			res.Rotated, res.AlreadyCurrent, res.Empty, res.Shredded, index)
+		upgrade := ""
+		if o.bindDEKs {
+			upgrade = fmt.Sprintf(", bind %d legacy DEKs to their profile rows", res.Upgraded)
+		}
+		fmt.Fprintf(e.stdout, "dry run: would rotate %d DEKs (%d already current, %d empty, %d shredded)%s%s; nothing was changed\n",
+			res.Rotated, res.AlreadyCurrent, res.Empty, res.Shredded, upgrade, index)
 		return nil
 	}
 
@@ -196,6 +209,7 @@ func runRotate(ctx context.Context, e *env, o *opts) error {
 		total.Rotated += res.Rotated
 		total.Skipped = res.Skipped
 		total.IndexKeys += res.IndexKeys
+		total.Upgraded += res.Upgraded
 		if err != nil {
 			printFailures(e.stderr, "cannot rotate DEK", res.Failures, res.Failed)
 			printFailures(e.stderr, "cannot rewrap", res.IndexFailures, res.IndexKeysFailed)
@@ -227,6 +241,9 @@ func runRotate(ctx context.Context, e *env, o *opts) error {
 		fmt.Fprintf(out, "rewrapped %d blind-index keys to %s: %d under it; no key and no index value changed\n",
 			total.IndexKeys, newID, st.IndexKeys[0].Count)
 	}
+	if o.bindDEKs {
+		fmt.Fprintf(out, "upgraded %d DEKs to the bound layout; %d still in the legacy layout\n", total.Upgraded, st.Legacy)
+	}
 	if st.Undecryptable > 0 || st.IndexUndecryptable > 0 {
 		return fmt.Errorf("rotate: %s open under no configured key (changed during the rotation?): run envelope verify", unopened(st.Undecryptable, st.IndexUndecryptable))
 	}
@@ -235,6 +252,9 @@ func runRotate(ctx context.Context, e *env, o *opts) error {
 	}
 	if st.Empty > 0 {
 		fmt.Fprintf(out, "%d profiles have no DEK yet: envelope backfill gives them one\n", st.Empty)
+	}
+	if o.bindDEKs && st.Legacy > 0 {
+		fmt.Fprintf(out, "legacy DEKs appeared during the rotation (does an app instance run without Config.BindDEKs?): run envelope rotate --resume --bind-deks once every instance binds\n")
 	}
 	return nil
 }

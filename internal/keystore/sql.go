@@ -201,15 +201,16 @@ func (s *Store) createDEKs(tx *gorm.DB, owners []any, found map[any][]byte) erro
 		if err != nil {
 			return err
 		}
-		enc, err := s.keys.Seal(ctx, d)
+		enc, err := s.Seal(ctx, o, d)
 		if err != nil {
 			clear(d[:])
 			return err
 		}
-		// Remember the DEK by the bytes just sealed, so reading it back costs
-		// no master-key call. Safe even if these bytes are never stored
-		// (a lost race, a rollback): nothing will ever look them up.
-		s.opened.Put(string(enc), newKey(d))
+		// Remember the DEK by the owner and the bytes just sealed, so
+		// reading it back costs no master-key call. Safe even if these
+		// bytes are never stored (a lost race, a rollback): nothing will
+		// ever look them up.
+		s.opened.Put(openedName(o, enc), newKey(d))
 		clear(d[:])
 		if _, exists := found[o]; exists {
 			updates = append(updates, upd{o, enc})

@@ -7,9 +7,12 @@
 //   - the owner cache: owner -> Key, shared by every statement, filled
 //     only with DEKs that are durable (read or created outside a
 //     transaction, or in one that has committed);
-//   - the opened cache: stored DEK bytes -> Key, so the same ciphertext is
-//     decrypted with the master key once (safe in any transaction: the same
-//     bytes always open to the same DEK);
+//   - the opened cache: owner and stored DEK bytes -> Key, so the same
+//     ciphertext is decrypted with the master key once (safe in any
+//     transaction: the same bytes in the same owner's row always open to
+//     the same DEK). The owner is part of the name because a bound DEK
+//     opens only in its own owner's row: the bytes copied into another
+//     row must be opened (and refused) there, never served from the cache;
 //   - the transaction keys: per transaction the caller runs, the DEKs its
 //     statements loaded, served to its later statements (see txKeys).
 //
@@ -24,6 +27,7 @@ import (
 	"fmt"
 	"log/slog"
 	"slices"
+	"strconv"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -104,9 +108,13 @@ type Store struct {
 	keys *dek.Keyring // nil: no master key
 
 	owners  *cache.Cache[any, *Key]    // the owner cache
-	opened  *cache.Cache[string, *Key] // the opened cache
-	opening singleflight.Group         // concurrent opens of one stored DEK
+	opened  *cache.Cache[string, *Key] // the opened cache, by openedName
+	opening singleflight.Group         // concurrent opens of one stored DEK, by openedName
 	tx      *txKeys                    // the transaction keys
+
+	// bind seals new DEKs bound to their profile row (dek.SealBound);
+	// stored DEKs open in either layout whatever it is.
+	bind bool
 
 	log       *slog.Logger
 	lockTable atomic.Bool // MySQL's lock table is there (EnsureLockTable)
@@ -115,7 +123,10 @@ type Store struct {
 // New returns the store of the profile table prof, opening DEKs with keys
 // (nil: every lookup fails with dek.ErrNoKey). size and ttl bound each
 // layer (negative: no caching); a transaction keeps at most size DEKs.
-func New(prof *profilemeta.Profile, keys *dek.Keyring, log *slog.Logger, size int, ttl time.Duration) *Store {
+// With bind, the DEKs it creates are bound to their owner and the profile
+// table (docs/format.md, "Owner-bound DEKs"); without, they are in TOM
+// Toolkit's layout. Stored DEKs of both layouts open either way.
+func New(prof *profilemeta.Profile, keys *dek.Keyring, log *slog.Logger, size int, ttl time.Duration, bind bool) *Store {
 	txMax := 4096
 	if size < 0 {
 		txMax = 0
@@ -127,6 +138,7 @@ func New(prof *profilemeta.Profile, keys *dek.Keyring, log *slog.Logger, size in
 		opened: cache.New[string, *Key](size, ttl),
 		tx:     newTxKeys(txMax, size, ttl),
 		log:    log,
+		bind:   bind,
 	}
 }
 
@@ -156,7 +168,7 @@ func (s *Store) Forget(owner any, stored ...[]byte) {
 	s.owners.Delete(owner)
 	s.tx.forget(owner)
 	for _, enc := range stored {
-		s.opened.Delete(string(enc))
+		s.opened.Delete(openedName(owner, enc))
 	}
 }
 
@@ -231,7 +243,7 @@ func (s *Store) Resolve(db *gorm.DB, mode func() Mode, owners []any, create bool
 	}
 	loaded := make(map[any]*Key, len(missing))
 	openInto := func(o any, enc []byte) {
-		if k, err := s.open(ctx, enc); err != nil {
+		if k, err := s.open(ctx, o, enc); err != nil {
 			errs = setErr(errs, o, err)
 		} else {
 			loaded[o] = k
@@ -303,24 +315,26 @@ func (s *Store) Resolve(db *gorm.DB, mode func() Mode, owners []any, create bool
 	return keys, errs, pending, nil
 }
 
-// open decrypts a stored DEK (or recognises a tombstone). Opened DEKs are
-// remembered by their stored bytes, and concurrent opens of the same bytes
-// share one decryption, so cold reads of one owner from many goroutines
-// make one call to the master key (a KMS).
-func (s *Store) open(ctx context.Context, enc []byte) (*Key, error) {
+// open decrypts owner's stored DEK (or recognises a tombstone), checking
+// that a bound DEK is bound to owner's row. Opened DEKs are remembered by
+// owner and stored bytes, and concurrent opens of the same bytes for the
+// same owner share one decryption, so cold reads of one owner from many
+// goroutines make one call to the master key (a KMS).
+func (s *Store) open(ctx context.Context, owner any, enc []byte) (*Key, error) {
 	if dek.IsTombstone(enc) {
 		return &Key{Shredded: true}, nil
 	}
-	if k, ok := s.opened.Get(string(enc)); ok {
+	name := openedName(owner, enc)
+	if k, ok := s.opened.Get(name); ok {
 		return k, nil
 	}
-	v, err, _ := s.opening.Do(string(enc), func() (any, error) {
-		if k, ok := s.opened.Get(string(enc)); ok {
+	v, err, _ := s.opening.Do(name, func() (any, error) {
+		if k, ok := s.opened.Get(name); ok {
 			return k, nil
 		}
-		k, err := s.openNow(ctx, enc)
+		k, err := s.openNow(ctx, owner, enc)
 		if err == nil {
-			s.opened.Put(string(enc), k)
+			s.opened.Put(name, k)
 		}
 		return k, err
 	})
@@ -330,17 +344,89 @@ func (s *Store) open(ctx context.Context, enc []byte) (*Key, error) {
 	return v.(*Key), nil
 }
 
-func (s *Store) openNow(ctx context.Context, enc []byte) (*Key, error) {
-	d, _, err := s.keys.Open(ctx, enc)
+func (s *Store) openNow(ctx context.Context, owner any, enc []byte) (*Key, error) {
+	d, _, _, err := s.keys.OpenBound(ctx, enc, s.binding(owner))
 	if err != nil {
-		if errors.Is(err, dek.ErrDecrypt) {
+		if errors.Is(err, dek.ErrDecrypt) && !errors.Is(err, dek.ErrBoundElsewhere) {
 			return nil, fmt.Errorf("%w: no configured master key opens the owner's DEK", dek.ErrDecrypt)
 		}
+		// A DEK bound to another row (copied here) says so; it wraps
+		// dek.ErrDecrypt like a DEK no key opens.
 		return nil, err
 	}
 	k := newKey(d)
 	clear(d[:])
 	return k, nil
+}
+
+// Seal encrypts d, a new DEK for owner's profile row, under the primary
+// master key: bound to that row when the store binds DEKs, else in TOM
+// Toolkit's layout. owner is normalised (int64 or string); nil, an owner
+// not known yet, can only be sealed when the store does not bind.
+func (s *Store) Seal(ctx context.Context, owner any, d dek.DEK) ([]byte, error) {
+	if s.keys == nil {
+		return nil, dek.ErrNoKey
+	}
+	if !s.bind {
+		return s.keys.Seal(ctx, d)
+	}
+	if owner == nil {
+		return nil, errors.New("envelope: a bound DEK needs its owner")
+	}
+	return s.keys.SealBound(ctx, d, s.binding(owner))
+}
+
+// BindsDEKs reports whether the store seals new DEKs bound to their row.
+func (s *Store) BindsDEKs() bool { return s.bind }
+
+// Opens reports, with a nil error, that a configured master key decrypts
+// the stored DEK enc, in whichever profile row of the table it is bound
+// to: what a check of the configured keys against stored DEKs needs. The
+// error of a DEK no key opens wraps dek.ErrDecrypt.
+func (s *Store) Opens(ctx context.Context, enc []byte) error {
+	if s.keys == nil {
+		return dek.ErrNoKey
+	}
+	// The binding asked for names no real row (an owner of one zero
+	// byte): a legacy DEK opens whatever it is, and a bound DEK that a
+	// configured key decrypts is refused as bound elsewhere, which proves
+	// the key just the same.
+	d, _, _, err := s.keys.OpenBound(ctx, enc, dek.Binding{Table: s.prof.Table, Owner: "\x00"})
+	clear(d[:])
+	if errors.Is(err, dek.ErrBoundElsewhere) {
+		return nil
+	}
+	return err
+}
+
+// binding is the row of owner (normalised: int64 or string) in the
+// profile table, as a bound DEK names it.
+func (s *Store) binding(owner any) dek.Binding {
+	return dek.Binding{Table: s.prof.Table, Owner: ownerText(owner)}
+}
+
+// ownerText is a normalised owner as a bound DEK names it: an int64 in
+// decimal, a string as it is (docs/format.md, "Owner-bound DEKs").
+func ownerText(owner any) string {
+	switch o := owner.(type) {
+	case int64:
+		return strconv.FormatInt(o, 10)
+	case string:
+		return o
+	case nil:
+		return ""
+	}
+	return fmt.Sprint(owner)
+}
+
+// openedName names a stored DEK in the opened cache and among concurrent
+// opens: the length of the owner's text, a colon, the text, then the
+// stored bytes (the table is the store's own). The length makes the name
+// unambiguous whatever bytes the owner and the DEK hold, so the same
+// bytes in two owners' rows never share a name.
+func openedName(owner any, enc []byte) string {
+	o := ownerText(owner)
+	return strconv.Itoa(len(o)) + ":" + o + string(enc)
 }
 
 func (s *Store) queryErr(err error) error {

@@ -77,7 +77,7 @@ func TestTxKeysPerTransactionBound(t *testing.T) {
 		t.Fatalf("%d DEKs kept for one transaction, bound is 3", served)
 	}
 
-	off := New(nil, nil, nil, -1, time.Minute)
+	off := New(nil, nil, nil, -1, time.Minute, false)
 	off.tx.record(a, loaded)
 	if _, ok := get(off.tx, a, int64(0)); ok {
 		t.Fatal("a transaction kept a DEK with the cache off")
