@@ -143,7 +143,7 @@ func isUnique(s *schema.Schema, f *schema.Field) bool {
 	if f.Unique {
 		return true
 	}
-	for _, idx := range s.ParseIndexes() {
+	for _, idx := range schemaIndexes(s) {
 		if idx.Class == "UNIQUE" || idx.Option == "UNIQUE" {
 			for _, o := range idx.Fields {
 				if o.Field == f {

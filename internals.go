@@ -104,3 +104,15 @@ func structIndex(i int) (field int, viaPtr bool) {
 	}
 	return i, false
 }
+
+// parseIndexesMu serializes the plugin's calls of Schema.ParseIndexes,
+// which writes to the schema's fields (Field.UniqueIndex) each time it
+// runs: two models parsed at once on one schema would race.
+var parseIndexesMu sync.Mutex
+
+// schemaIndexes returns s.ParseIndexes(), one call at a time.
+func schemaIndexes(s *schema.Schema) []*schema.Index {
+	parseIndexesMu.Lock()
+	defer parseIndexesMu.Unlock()
+	return s.ParseIndexes()
+}

@@ -249,7 +249,7 @@ func uniqueKeys(s *schema.Schema) [][]string {
 			keys = append(keys, []string{f.DBName})
 		}
 	}
-	for _, idx := range s.ParseIndexes() {
+	for _, idx := range schemaIndexes(s) {
 		if idx.Class == "UNIQUE" || idx.Option == "UNIQUE" {
 			cols := make([]string, 0, len(idx.Fields))
 			for _, f := range idx.Fields {
