@@ -189,7 +189,7 @@ func (e *faultEnv) check(owners []uint, survivors map[uint]string) {
 		if pr.EncryptedDEK == nil || dek.IsTombstone(pr.EncryptedDEK) {
 			continue
 		}
-		if _, _, err := e.keys.Open(context.Background(), pr.EncryptedDEK); err != nil {
+		if _, _, _, err := e.keys.OpenBound(context.Background(), pr.EncryptedDEK, profileRow(pr.UserID)); err != nil {
 			t.Errorf("#%d: DEK of owner %d: got %v, want one that opens", i, pr.UserID, err)
 		}
 	}

@@ -114,6 +114,12 @@ func sealedIn(text string) bool {
 	return false
 }
 
+// profileRow is the binding of owner's DEK in the tests' profiles table:
+// OpenBound with it opens both DEK layouts.
+func profileRow[T ~uint | ~int64](owner T) dek.Binding {
+	return dek.Binding{Table: "profiles", Owner: fmt.Sprint(owner)}
+}
+
 // fernetOnly skips a test about the Fernet format itself (its layout, its
 // limitations, Python reading it) in the bound-format run of the suite.
 func fernetOnly(t testing.TB) {

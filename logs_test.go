@@ -86,7 +86,7 @@ func (s *secrets) addDEKs(t testing.TB, db *gorm.DB, keys *dek.Keyring) int {
 		if len(enc) == 0 || dek.IsTombstone(enc) {
 			continue
 		}
-		d, _, err := keys.Open(context.Background(), enc)
+		d, _, _, err := keys.OpenBound(context.Background(), enc, profileRow(owner))
 		if err != nil {
 			t.Fatalf("open DEK of owner %d: %v", owner, err)
 		}

@@ -293,7 +293,7 @@ func TestProfileCreateGetsDEK(t *testing.T) {
 		setup(t, db, keys)
 		p := &Profile{UserID: 5}
 		must(t, db.Create(p).Error)
-		if _, _, err := keys.Open(context.Background(), p.EncryptedDEK); err != nil {
+		if _, _, _, err := keys.OpenBound(context.Background(), p.EncryptedDEK, profileRow(p.UserID)); err != nil {
 			t.Fatalf("profile DEK does not open: %v", err)
 		}
 		must(t, db.Create(&Credential{UserID: 5, Password: "uses-that-dek"}).Error)
