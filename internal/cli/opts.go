@@ -26,6 +26,7 @@ type opts struct {
 	resume                         bool
 	rows, distinct                 uint64 // index-plan
 	rx                             reindexFlags
+	rs                             resealFlags
 
 	opened map[string]dek.Encrypter // KMS keys opened, by URL
 }
