@@ -53,9 +53,9 @@ func (d fernetDecoder) Decode(stored []byte) ([]byte, bool, error) {
 
 // FernetDecoder returns a [Decoder] of Fernet tokens under one app-wide
 // Fernet key (44 characters of URL-safe base64, as Python's
-// Fernet.generate_key returns it): values that an app, or a library such
-// as django-fernet-fields used with a plain key, encrypted under a single
-// key. A key that is not a Fernet key gives a *[dek.KeyError]
+// Fernet.generate_key returns it): values that an app encrypted under a
+// single key, with Python's cryptography package or any Fernet library.
+// A key that is not a Fernet key gives a *[dek.KeyError]
 // (errors.Is [dek.ErrInvalidKey]), which does not hold the key.
 func FernetDecoder(key string) (Decoder, error) {
 	k, err := fernetKey("FernetDecoder key", key)
