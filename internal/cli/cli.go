@@ -111,7 +111,7 @@ type command struct {
 	run                     func(ctx context.Context, e *env, o *opts) error
 }
 
-var commands = []*command{cmdKeygen, cmdRotate, cmdStatus, cmdVerify, cmdBackfill, cmdIndexPlan, cmdReindex}
+var commands = []*command{cmdKeygen, cmdRotate, cmdStatus, cmdVerify, cmdBackfill, cmdIndexPlan, cmdReindex, cmdReseal}
 
 const globalHelp = `Usage: envelope [global flags] <command> [flags]
 

@@ -27,6 +27,7 @@ type opts struct {
 	bindDEKs                       bool
 	rows, distinct                 uint64 // index-plan
 	rx                             reindexFlags
+	rs                             resealFlags
 
 	opened map[string]dek.Encrypter // KMS keys opened, by URL
 }

@@ -67,6 +67,7 @@ func (l *listFlag) Set(v string) error {
 type modelSpec struct {
 	table, pk, owner  string
 	pkType, ownerType reflect.Type
+	row               bool     // the primary key is tagged envelope:"row" (reseal)
 	sources           []string // encrypted columns
 	indexes           []indexSpec
 }
@@ -291,6 +292,8 @@ func (s *modelSpec) structType() reflect.Type {
 	pkOwner := ""
 	if s.owner == s.pk {
 		pkOwner = "owner"
+	} else if s.row {
+		pkOwner = "row"
 	}
 	fields := []reflect.StructField{{Name: "PK", Type: s.pkType, Tag: tag("primaryKey;column:"+s.pk, pkOwner)}}
 	if s.owner != s.pk {
