@@ -34,8 +34,10 @@ cat "$out/machine.txt"
 # implementations of a round alike instead of on the six samples of one.
 (cd "$here" && go test -c -o "$tmp/bench.test" .)
 (cd "$root" && go test -c -o "$tmp/token.test" ./internal/token/)
+(cd "$root" && go test -c -o "$tmp/bound.test" ./internal/bound/)
 : >"$out/bench.txt"
 : >"$out/codec.txt"
+: >"$out/bound.txt"
 for round in $(seq "$count"); do
 	echo "== round $round of $count: Find and CreateInBatches (bench/, -benchtime $benchtime)"
 	(cd "$here" && "$tmp/bench.test" -test.run '^$' -test.bench . -test.benchmem -test.count 1 \
@@ -43,6 +45,9 @@ for round in $(seq "$count"); do
 	echo "== round $round of $count: codec (internal/token)"
 	(cd "$root/internal/token" && "$tmp/token.test" -test.run '^$' -test.bench '^Benchmark(Decrypt|Encrypt)$' \
 		-test.benchmem -test.count 1) | tee -a "$out/codec.txt"
+	echo "== round $round of $count: bound values against Fernet (internal/bound)"
+	(cd "$root/internal/bound" && "$tmp/bound.test" -test.run '^$' -test.bench '^BenchmarkOpen$' \
+		-test.benchmem -test.count 1) | tee -a "$out/bound.txt"
 done
 
 # benchstat compares columns by key=value sub-benchmark names: name the
@@ -63,8 +68,12 @@ echo
 echo "== benchstat: codec, ours against fernet-go"
 stat -table .name -row /size -col '/impl@(fernet-go ours)' "$tmp/codec.txt" | tee "$out/codec.stat.txt"
 
+echo
+echo "== benchstat: opening a value, bound format against the project's Fernet"
+stat -table .name -row /size,/buf -col '/format@(fernet bound-text bound-raw)' "$out/bound.txt" | tee "$out/bound.stat.txt"
+
 echo "# load average at end: $(cut -d' ' -f1-3 /proc/loadavg)" >>"$out/machine.txt"
 
 echo
 echo "== targets (medians)"
-(cd "$here" && go run ./targets "$out/bench.txt" "$out/codec.txt") | tee "$out/targets.txt"
+(cd "$here" && go run ./targets "$out/bench.txt" "$out/codec.txt" "$out/bound.txt") | tee "$out/targets.txt"

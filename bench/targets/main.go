@@ -206,6 +206,10 @@ func main() {
 			}
 		}
 	}
+	for _, buf := range []string{"new", "caller"} {
+		o := "BenchmarkOpen/size=32B/buf=" + buf + "/format="
+		p.ratio("bound open 32B (buf="+buf+"): fernet / bound-text", o+"fernet", o+"bound-text", false, 3)
+	}
 	for _, db := range []string{"postgres", "sqlite"} {
 		f := "BenchmarkFind/" + db + "/"
 		p.queries("Find "+db+": profiles queries, cold", f+"envelope-cold", 1)
