@@ -71,7 +71,8 @@
 // #1489, merged into its 3.0 alpha branch), so a Go service and a Python
 // app using that design can share one database. TOM 3.0 alpha later
 // replaced it with one Fernet key derived from Django's SECRET_KEY, which
-// is not per user and not what this package reads.
+// is not per user and not a format this package writes; [Reseal] with
+// [TOMToolkitDecoder] imports such values into per-owner DEKs.
 //
 // With Config.Format set to [FormatBound], new values are bound values
 // instead: AES-256-GCM under a key derived from the owner's DEK, with the
