@@ -43,12 +43,19 @@ func newSealer(items []item, ciphers []*ownerKey, ts int64) (*sealer, error) {
 		items:   items,
 		ciphers: ciphers,
 		toks:    make([]string, len(items)),
-		ivs:     make([]byte, len(items)*token.IVSize),
 		ts:      ts,
 		state:   make([]atomic.Int32, (len(items)+sealChunk-1)/sealChunk),
 	}
-	if _, err := rand.Read(s.ivs); err != nil {
-		return nil, fmt.Errorf("envelope: encrypt: %w", err)
+	// Fernet tokens take their IVs from here; bound values draw their
+	// nonces inside Go's GCM.
+	for i := range items {
+		if items[i].m == nil || !items[i].m.bound {
+			s.ivs = make([]byte, len(items)*token.IVSize)
+			if _, err := rand.Read(s.ivs); err != nil {
+				return nil, fmt.Errorf("envelope: encrypt: %w", err)
+			}
+			break
+		}
 	}
 	return s, nil
 }
