@@ -4,6 +4,7 @@ go 1.26
 
 require (
 	github.com/fernet/fernet-go v0.0.0-20240119011108-303da6aec611
+	github.com/go-gormigrate/gormigrate/v2 v2.1.5
 	github.com/go-sql-driver/mysql v1.8.1
 	github.com/rogpeppe/go-internal v1.16.0
 	golang.org/x/sync v0.17.0
