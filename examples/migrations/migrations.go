@@ -40,7 +40,7 @@ func (userV1) TableName() string { return "users" }
 
 // userV3 has the email encrypted, before its blind index existed.
 type userV3 struct {
-	ID    uint   `envelope:"owner"`
+	ID    uint `envelope:"owner"`
 	Name  string
 	Email string `gorm:"serializer:envelope"`
 }
