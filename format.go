@@ -180,17 +180,13 @@ func (m *modelMeta) opens(k *ownerKey, col, owner, row string, stored string) bo
 			return false
 		}
 		ctx := bound.Context{Table: m.table, Column: col, Owner: owner, Row: row}
-		var buf [256]byte
-		dst := buf[:0]
-		if bound.OpenedLen(len(stored)) > len(buf) {
-			dst = nil
-		}
-		_, err := k.Bound().OpenText(dst, stringBytes(stored), &ctx)
-		clear(buf[:])
+		plain, err := k.Bound().OpenText(nil, stringBytes(stored), &ctx)
+		clear(plain)
 		return err == nil
 	}
 	if token.LooksLikeString(stored) {
-		_, err := k.C.Decrypt(stringBytes(stored))
+		plain, err := k.C.Decrypt(stringBytes(stored))
+		clear(plain)
 		return err == nil
 	}
 	return false
