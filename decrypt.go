@@ -10,21 +10,34 @@ import (
 // decryptAll decrypts every target, on several cores for a large result.
 // Each goroutine owns a contiguous range of rows, and the errors are
 // returned in row order, so results and errors are the same whatever the
-// number of cores.
-func (p *Plugin) decryptAll(targets []target, keys map[any]*ownerKey, kerrs map[any]error) []error {
-	parts := make([][]error, max(runtime.GOMAXPROCS(0), 1))
+// number of cores. The values opened are added to cnt (nil: not counted).
+func (p *Plugin) decryptAll(targets []target, keys map[any]*ownerKey, kerrs map[any]error, cnt fieldCounts) []error {
+	workers := max(runtime.GOMAXPROCS(0), 1)
+	parts := make([][]error, workers)
+	var cnts []fieldCounts
+	if cnt != nil {
+		cnts = make([]fieldCounts, workers)
+	}
 	parallel(len(targets), func(w, lo, hi int) {
 		var ar arena
+		var c fieldCounts
+		if cnts != nil {
+			c = fieldCounts{}
+			cnts[w] = c
+		}
 		for i, t := range targets[lo:hi] {
 			if t.m == nil { // not a struct of the model
 				continue
 			}
-			parts[w] = p.decryptTarget(t, keys, kerrs, &ar, (hi-lo-i)*len(t.m.fields), parts[w])
+			parts[w] = p.decryptTarget(t, keys, kerrs, &ar, (hi-lo-i)*len(t.m.fields), parts[w], c)
 		}
 	})
 	var errs []error
 	for _, part := range parts {
 		errs = append(errs, part...)
+	}
+	for _, c := range cnts {
+		cnt.merge(c)
 	}
 	return errs
 }
@@ -116,7 +129,9 @@ func zeroTokens(t target) {
 	}
 }
 
-func (p *Plugin) decryptTarget(t target, keys map[any]*ownerKey, kerrs map[any]error, ar *arena, left int, errs []error) []error {
+// decryptTarget opens the encrypted fields of t, appending their errors
+// to errs and counting the values opened in cnt (nil: not counted).
+func (p *Plugin) decryptTarget(t target, keys map[any]*ownerKey, kerrs map[any]error, ar *arena, left int, errs []error, cnt fieldCounts) []error {
 	var (
 		k       *ownerKey
 		kerr    error
@@ -199,6 +214,7 @@ func (p *Plugin) decryptTarget(t target, keys map[any]*ownerKey, kerrs map[any]e
 			fail(err)
 			continue
 		}
+		cnt.add(t.m, ef, 1)
 		// msg is memory only this value uses (its capacity is cut): a string
 		// can share it.
 		if direct {

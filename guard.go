@@ -26,7 +26,7 @@ func (p *Plugin) guardTableWrite(db *gorm.DB) {
 	check := func(mv map[string]any) {
 		for k := range mv {
 			if ef := m.lookup(db.Statement.Table, k); ef != nil {
-				db.AddError(&FieldError{Model: m.name, Field: ef.f.Name, Err: fmt.Errorf("%w: write %s through db.Model(&%s{}) so the value can be encrypted", ErrUnsafe, db.Statement.Table, m.name)})
+				p.addErr(db, &FieldError{Model: m.name, Field: ef.f.Name, Err: fmt.Errorf("%w: write %s through db.Model(&%s{}) so the value can be encrypted", ErrUnsafe, db.Statement.Table, m.name)})
 				return
 			}
 		}
@@ -89,10 +89,10 @@ func (p *Plugin) guard(db *gorm.DB) {
 		if w, ok := c.Expression.(clause.Where); ok {
 			if name := p.comparedField(db, m, w.Exprs); name != "" {
 				if f := m.schema.LookUpField(name); f != nil && m.byDB[f.DBName] != nil && len(m.byDB[f.DBName].idx) > 0 {
-					db.AddError(&FieldError{Model: m.name, Field: name, Err: fmt.Errorf("%w: encrypted fields cannot be compared in a query: find rows by %s with envelope.Match or envelope.MatchOwner", ErrUnsafe, name)})
+					p.addErr(db, &FieldError{Model: m.name, Field: name, Err: fmt.Errorf("%w: encrypted fields cannot be compared in a query: find rows by %s with envelope.Match or envelope.MatchOwner", ErrUnsafe, name)})
 					return
 				}
-				db.AddError(&FieldError{Model: m.name, Field: name, Err: fmt.Errorf("%w: encrypted fields cannot be compared in a query (random IVs never match; see docs/security-model.md)", ErrUnsafe)})
+				p.addErr(db, &FieldError{Model: m.name, Field: name, Err: fmt.Errorf("%w: encrypted fields cannot be compared in a query (random IVs never match; see docs/security-model.md)", ErrUnsafe)})
 				return
 			}
 		}
@@ -100,7 +100,7 @@ func (p *Plugin) guard(db *gorm.DB) {
 	if c, ok := db.Statement.Clauses["ORDER BY"]; ok {
 		if ob, ok := c.Expression.(clause.OrderBy); ok {
 			if name := orderedField(db.Statement.Table, m, ob); name != "" {
-				db.AddError(&FieldError{Model: m.name, Field: name, Err: fmt.Errorf("%w: a query cannot be ordered by an encrypted field (tokens sort at random; see docs/security-model.md)", ErrUnsafe)})
+				p.addErr(db, &FieldError{Model: m.name, Field: name, Err: fmt.Errorf("%w: a query cannot be ordered by an encrypted field (tokens sort at random; see docs/security-model.md)", ErrUnsafe)})
 			}
 		}
 	}

@@ -212,7 +212,7 @@ func (p *Plugin) checkPinned(db *gorm.DB) {
 	if err != nil || len(owners) == 0 || ownerScan(st.m, owners[0]) == st.pinned {
 		return
 	}
-	db.AddError(&FieldError{Model: st.m.name, Field: st.m.owner.Name, Owner: st.pinned, Err: fmt.Errorf("%w: the row is stored under another owner than the model's: reload it (the update was not made)", ErrUnsafe)})
+	p.addErr(db, &FieldError{Model: st.m.name, Field: st.m.owner.Name, Owner: st.pinned, Err: fmt.Errorf("%w: the row is stored under another owner than the model's: reload it (the update was not made)", ErrUnsafe)})
 }
 
 // assignedOwner normalises a value assigned to the owner column; ok is

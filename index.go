@@ -175,7 +175,7 @@ func (p *Plugin) prepareIndexKeys(db *gorm.DB) {
 	for _, bi := range m.indexes {
 		if bi.global {
 			if _, err := p.liveIndexKeys(db, bi, true); err != nil {
-				db.AddError(&FieldError{Model: m.name, Field: bi.f.Name, Err: err})
+				p.addErr(db, &FieldError{Model: m.name, Field: bi.f.Name, Err: err})
 				return
 			}
 		}

@@ -364,8 +364,9 @@ func (rs *readState) validate(keys map[any]*ownerKey, kerrs map[any]error) {
 // returns -1 unless every encrypted field of v holds exactly the token the
 // worker opened (or is empty where the scan was NULL), under the key
 // afterQuery resolved for the row's owner: such a row is decrypted the
-// ordinary way.
-func (rs *readState) apply(r int, v reflect.Value) int {
+// ordinary way. With cnt (one count per encrypted field; nil: not
+// counted), the values set are counted per field.
+func (rs *readState) apply(r int, v reflect.Value, cnt []int) int {
 	b := rs.sent[r/pipeRows]
 	ri := r % pipeRows
 	oi := b.oi[ri]
@@ -395,6 +396,9 @@ func (rs *readState) apply(r int, v reflect.Value) int {
 	for j := range items {
 		if it := &items[j]; it.tok != "" {
 			rs.m.fields[j].setAt(base, it.msg)
+			if cnt != nil {
+				cnt[j]++
+			}
 		}
 	}
 	return n

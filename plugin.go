@@ -82,6 +82,13 @@ type Config struct {
 	// rotate.Options.BindDEKs upgrades them. Off by default, because TOM
 	// Toolkit cannot open a bound DEK; Format: FormatBound implies it.
 	BindDEKs bool
+
+	// Observer receives counts of values encrypted, decrypted and failed,
+	// of the DEK cache's events and of master-key calls with their
+	// latency, for an app to export as metrics (the otelmetric module
+	// makes OpenTelemetry instruments of them). Nil observes nothing.
+	// Owners, values and keys are never passed to it.
+	Observer Observer
 }
 
 // bindDEKs reports whether new DEKs are sealed bound to their profile row:
@@ -95,6 +102,7 @@ type Plugin struct {
 	cfg  Config
 	keys *dek.Keyring
 	log  *slog.Logger
+	obs  Observer // nil: nothing is observed
 	prof *profilemeta.Profile
 
 	// store maps owners to their DEKs; made by Initialize, once the
@@ -125,7 +133,7 @@ type Plugin struct {
 
 // New returns the plugin for cfg. Errors in cfg are reported by db.Use.
 func New(cfg Config) *Plugin {
-	p := &Plugin{cfg: cfg, keys: cfg.Keys, log: cfg.Logger}
+	p := &Plugin{cfg: cfg, keys: cfg.Keys, log: cfg.Logger, obs: cfg.Observer}
 	if p.log == nil {
 		p.log = slog.Default()
 	}
@@ -187,6 +195,10 @@ func (p *Plugin) initialize(db *gorm.DB) error {
 	p.prof = prof
 	p.store = keystore.New(prof, p.keys, p.log, p.cacheSize, p.cacheTTL, p.cfg.bindDEKs())
 	p.ikeys = indexkeys.New(db, p.keys, p.cacheTTL)
+	if p.obs != nil {
+		p.store.SetObserver(p.obs)
+		p.ikeys.SetObserver(p.obs)
+	}
 	if p.keys == nil {
 		p.log.Warn("envelope: no master key configured; encrypted fields cannot be read or written",
 			"variable", dek.EnvKey, "docs", "docs/key-management.md")

@@ -166,6 +166,7 @@ func (p *Plugin) afterQuerySlice(db *gorm.DB, rv reflect.Value, elemType reflect
 		zeroRows(rv, elemType, m)
 		return
 	}
+	cnt := p.counts()
 	if covered > 0 {
 		rs.validate(keys, kerrs)
 		var used atomic.Uint64
@@ -173,12 +174,16 @@ func (p *Plugin) afterQuerySlice(db *gorm.DB, rv reflect.Value, elemType reflect
 		var missing []any // owners of rows left over that were not resolved
 		parallel(covered, func(_, lo, hi int) {
 			var u uint64
+			var fc []int // per field, with an observer
+			if cnt != nil {
+				fc = make([]int, len(m.fields))
+			}
 			for i := lo; i < hi; i++ {
 				v := reflect.Indirect(rv.Index(i))
 				if v.Kind() != reflect.Struct || v.Type() != elemType {
 					continue
 				}
-				if n := rs.apply(i, v); n >= 0 {
+				if n := rs.apply(i, v, fc); n >= 0 {
 					u += uint64(n)
 					continue
 				}
@@ -191,6 +196,13 @@ func (p *Plugin) afterQuerySlice(db *gorm.DB, rv reflect.Value, elemType reflect
 				}
 			}
 			used.Add(u)
+			if fc != nil {
+				mu.Lock()
+				for j, n := range fc {
+					cnt.add(m, &m.fields[j], n)
+				}
+				mu.Unlock()
+			}
 		})
 		p.pipelined.Add(used.Load())
 		if len(missing) > 0 {
@@ -208,8 +220,10 @@ func (p *Plugin) afterQuerySlice(db *gorm.DB, rv reflect.Value, elemType reflect
 			keys, kerrs = merge(keys, k2), merge(kerrs, e2)
 		}
 	}
-	if errs := p.decryptAll(targets, keys, kerrs); len(errs) > 0 {
-		readErr(db, join(errs))
+	errs := p.decryptAll(targets, keys, kerrs, cnt)
+	p.observeDecrypted(cnt)
+	if len(errs) > 0 {
+		p.readErr(db, join(errs))
 	}
 }
 
@@ -231,7 +245,7 @@ func (p *Plugin) resolveOwners(db *gorm.DB, owners map[any]struct{}, targets []t
 				zeroTokens(t)
 			}
 		}
-		readErr(db, err)
+		p.readErr(db, err)
 		return nil, nil, false
 	}
 	if err != nil {
@@ -253,8 +267,11 @@ func (p *Plugin) decryptTargets(db *gorm.DB, targets []target, owners map[any]st
 	if !ok {
 		return
 	}
-	if errs := p.decryptAll(targets, keys, kerrs); len(errs) > 0 {
-		readErr(db, join(errs))
+	cnt := p.counts()
+	errs := p.decryptAll(targets, keys, kerrs, cnt)
+	p.observeDecrypted(cnt)
+	if len(errs) > 0 {
+		p.readErr(db, join(errs))
 	}
 }
 
@@ -316,8 +333,10 @@ type preloadSink struct {
 // (afterPreload): GORM runs no preload once a statement has an error, and
 // assigns no preloaded row once a preload statement has one, so one row
 // that cannot be read (a shredded owner) would leave every other row
-// without its associations.
-func readErr(db *gorm.DB, err error) {
+// without its associations. The FieldErrors it holds are reported to the
+// observer.
+func (p *Plugin) readErr(db *gorm.DB, err error) {
+	p.observeFailures(err)
 	sink := sinkFor(db)
 	if sink == nil {
 		db.AddError(err)

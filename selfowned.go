@@ -68,7 +68,7 @@ func (c *collector) beginSelf(st *writeState) bool {
 	for _, r := range c.self {
 		for _, sv := range r.vals {
 			if sv.addr == 0 {
-				db.AddError(&FieldError{Model: r.m.name, Field: sv.ef.f.Name, Err: fmt.Errorf("%w: a self-owned row must be passed by pointer so the insert can set its id", ErrNoOwner)})
+				c.p.addErr(db, &FieldError{Model: r.m.name, Field: sv.ef.f.Name, Err: fmt.Errorf("%w: a self-owned row must be passed by pointer so the insert can set its id", ErrNoOwner)})
 				return false
 			}
 			st.deferred[sv.addr] = sv.ef.f
@@ -126,7 +126,7 @@ func (p *Plugin) sealSelf(db *gorm.DB) {
 	for _, r := range st.self {
 		o := r.m.ownerOf(r.v)
 		if o == nil {
-			db.AddError(&FieldError{Model: r.m.name, Err: fmt.Errorf("%w: the insert did not return the row's id", ErrNoOwner)})
+			p.addErr(db, &FieldError{Model: r.m.name, Err: fmt.Errorf("%w: the insert did not return the row's id", ErrNoOwner)})
 			return
 		}
 		if !seen[o] {
@@ -150,7 +150,7 @@ func (p *Plugin) sealSelf(db *gorm.DB) {
 			if err == nil {
 				err = ErrShredded
 			}
-			db.AddError(&FieldError{Model: r.m.name, Field: r.vals[0].ef.f.Name, Owner: o, Err: err})
+			p.addErr(db, &FieldError{Model: r.m.name, Field: r.vals[0].ef.f.Name, Owner: o, Err: err})
 			return
 		}
 		set := make(map[string]any, len(r.vals))
@@ -168,7 +168,7 @@ func (p *Plugin) sealSelf(db *gorm.DB) {
 			for _, bi := range sv.ef.idx {
 				bk, ver, err := p.indexKey(db, bi, k)
 				if err != nil {
-					db.AddError(&FieldError{Model: r.m.name, Field: bi.f.Name, Owner: o, Err: err})
+					p.addErr(db, &FieldError{Model: r.m.name, Field: bi.f.Name, Owner: o, Err: err})
 					return
 				}
 				val := bi.value(bk, ver, sv.plain)
@@ -185,8 +185,19 @@ func (p *Plugin) sealSelf(db *gorm.DB) {
 			return
 		}
 		if res.RowsAffected != 1 {
-			db.AddError(&FieldError{Model: r.m.name, Owner: o, Err: fmt.Errorf("%w: the inserted row was not found by its id", ErrNoOwner)})
+			p.addErr(db, &FieldError{Model: r.m.name, Owner: o, Err: fmt.Errorf("%w: the inserted row was not found by its id", ErrNoOwner)})
 			return
+		}
+	}
+	if p.obs != nil {
+		c := fieldCounts{}
+		for _, r := range st.self {
+			for _, sv := range r.vals {
+				c.add(r.m, sv.ef, 1)
+			}
+		}
+		for k, n := range c {
+			p.obs.ValuesEncrypted(k.m.name, k.ef.f.Name, n)
 		}
 	}
 }

@@ -324,7 +324,7 @@ func (c *collector) finish() {
 		}
 	}()
 	if len(c.errs) > 0 {
-		db.AddError(join(c.errs))
+		c.p.addErr(db, join(c.errs))
 		return
 	}
 	if len(c.items) == 0 {
@@ -336,6 +336,7 @@ func (c *collector) finish() {
 	owners := distinctOwners(c.items)
 	keys, kerrs, err := c.p.resolve(db, owners, true)
 	if err != nil {
+		c.p.observeItemsFailed(c.items, err)
 		db.AddError(err)
 		return
 	}
@@ -380,12 +381,12 @@ func (c *collector) finish() {
 		ciphers[i] = k
 	}
 	if len(c.errs) > 0 {
-		db.AddError(join(c.errs))
+		c.p.addErr(db, join(c.errs))
 		return
 	}
 	if c.indexed {
 		if err := c.fillIndexes(keys); err != nil {
-			db.AddError(err)
+			c.p.addErr(db, err)
 			return
 		}
 	}
@@ -398,6 +399,9 @@ func (c *collector) finish() {
 	}
 	sl.start()
 	installed = c.install(&writeState{p: c.p, db: db, m: c.m, defOwner: c.defOwner, items: c.items, sealer: sl})
+	if installed {
+		c.p.observeEncrypted(c.items)
+	}
 }
 
 // install puts the write state in the statement's context for the

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"slices"
+	"time"
 
 	"gorm.io/gorm"
 
@@ -189,7 +190,10 @@ func (s *Store) insert(ctx context.Context, name string, version int) (*made, er
 	}
 	m := &made{version: version, key: d}
 	clear(d[:])
-	if m.wrapped, err = s.keys.Seal(ctx, m.key); err != nil {
+	start := time.Now()
+	m.wrapped, err = s.keys.Seal(ctx, m.key)
+	s.keyCall("encrypt", start, err)
+	if err != nil {
 		m.clear()
 		return nil, fmt.Errorf("envelope: blind-index key %q: %w", name, err)
 	}

@@ -80,6 +80,25 @@ type Store struct {
 
 	// beforeInsert, set by tests, runs before a new version is inserted.
 	beforeInsert func()
+
+	obs Observer // nil: master-key calls are not observed
+}
+
+// Observer receives every call to the master keyring ("decrypt",
+// "encrypt") with its duration and error. It never sees a key.
+type Observer interface {
+	MasterKeyCall(op string, d time.Duration, err error)
+}
+
+// SetObserver makes o receive the store's master-key calls. Call it
+// before the store is used.
+func (s *Store) SetObserver(o Observer) { s.obs = o }
+
+// keyCall reports one master-key call that began at start, if observed.
+func (s *Store) keyCall(op string, start time.Time, err error) {
+	if s.obs != nil {
+		s.obs.MasterKeyCall(op, time.Since(start), err)
+	}
 }
 
 // entry is one name's cached live versions, newest first, with the stored
@@ -236,7 +255,9 @@ func (s *Store) open(ctx context.Context, name string, r row, prev *entry, m *ma
 			}
 		}
 	}
+	start := time.Now()
 	k, _, err := s.keys.Open(ctx, r.wrapped)
+	s.keyCall("decrypt", start, err)
 	if err != nil {
 		return dek.DEK{}, &OpenError{Name: name, Version: r.version, Err: err}
 	}

@@ -15,7 +15,7 @@ func (s *Store) LiveTx(ctx context.Context, tx *gorm.DB, name string, create boo
 	if err := s.check(name, true); err != nil {
 		return nil, err
 	}
-	t := &Store{pool: tx.Statement.ConnPool, dialect: s.dialect, keys: s.keys, ttl: -1, now: s.now, entries: map[string]*entry{}}
+	t := &Store{pool: tx.Statement.ConnPool, dialect: s.dialect, keys: s.keys, ttl: -1, now: s.now, entries: map[string]*entry{}, obs: s.obs}
 	ok, err := exists(ctx, t.pool, t.dialect)
 	if err != nil {
 		return nil, err

@@ -118,6 +118,39 @@ type Store struct {
 
 	log       *slog.Logger
 	lockTable atomic.Bool // MySQL's lock table is there (EnsureLockTable)
+
+	obs Observer // nil: nothing is observed
+}
+
+// Observer receives the store's events: the DEK cache's ("hit", "miss",
+// "load", "create") and every call to the master keyring ("decrypt",
+// "encrypt") with its duration. It never sees an owner or a key.
+type Observer interface {
+	DEKCache(event string, n int)
+	MasterKeyCall(op string, d time.Duration, err error)
+}
+
+// SetObserver makes o receive the store's events. Call it before the
+// store is used.
+func (s *Store) SetObserver(o Observer) { s.obs = o }
+
+// event reports n cache events, if there is an observer and n > 0.
+func (s *Store) event(name string, n int) {
+	if s.obs != nil && n > 0 {
+		s.obs.DEKCache(name, n)
+	}
+}
+
+// keyCall runs one call to the master keyring, reporting its duration
+// and error to the observer.
+func keyCall[T any](s *Store, op string, call func() (T, error)) (T, error) {
+	if s.obs == nil {
+		return call()
+	}
+	start := time.Now()
+	v, err := call()
+	s.obs.MasterKeyCall(op, time.Since(start), err)
+	return v, err
 }
 
 // New returns the store of the profile table prof, opening DEKs with keys
@@ -203,6 +236,10 @@ func (s *Store) Resolve(db *gorm.DB, mode func() Mode, owners []any, create bool
 			missing = append(missing, o)
 		}
 	}
+	if s.obs != nil {
+		s.event("hit", len(owners)-len(missing))
+		s.event("miss", len(missing))
+	}
 	if len(missing) == 0 {
 		return keys, nil, nil, nil
 	}
@@ -242,11 +279,13 @@ func (s *Store) Resolve(db *gorm.DB, mode func() Mode, owners []any, create bool
 		return nil, nil, nil, err
 	}
 	loaded := make(map[any]*Key, len(missing))
+	opened := 0 // DEKs read from the table and opened, not created
 	openInto := func(o any, enc []byte) {
 		if k, err := s.open(ctx, o, enc); err != nil {
 			errs = setErr(errs, o, err)
 		} else {
 			loaded[o] = k
+			opened++
 		}
 	}
 	var toCreate []any
@@ -263,11 +302,14 @@ func (s *Store) Resolve(db *gorm.DB, mode func() Mode, owners []any, create bool
 		}
 		openInto(o, enc)
 	}
+	loads := opened
 	if len(toCreate) > 0 {
 		again, err := s.createAndLoad(tx, toCreate, found, m)
 		if err != nil {
+			s.event("load", loads)
 			return nil, nil, nil, err
 		}
+		s.event("create", len(toCreate))
 		for _, o := range toCreate {
 			enc := again[o]
 			if len(enc) == 0 {
@@ -296,11 +338,14 @@ func (s *Store) Resolve(db *gorm.DB, mode func() Mode, owners []any, create bool
 			for _, o := range late {
 				if enc := latest[o]; len(enc) > 0 {
 					delete(errs, o)
+					before := opened
 					openInto(o, enc)
+					loads += opened - before
 				}
 			}
 		}
 	}
+	s.event("load", loads)
 	switch m {
 	case Foreign:
 		s.tx.record(db.Statement.ConnPool, loaded)
@@ -345,7 +390,10 @@ func (s *Store) open(ctx context.Context, owner any, enc []byte) (*Key, error) {
 }
 
 func (s *Store) openNow(ctx context.Context, owner any, enc []byte) (*Key, error) {
-	d, _, _, err := s.keys.OpenBound(ctx, enc, s.binding(owner))
+	d, err := keyCall(s, "decrypt", func() (dek.DEK, error) {
+		d, _, _, err := s.keys.OpenBound(ctx, enc, s.binding(owner))
+		return d, err
+	})
 	if err != nil {
 		if errors.Is(err, dek.ErrDecrypt) && !errors.Is(err, dek.ErrBoundElsewhere) {
 			return nil, fmt.Errorf("%w: no configured master key opens the owner's DEK", dek.ErrDecrypt)
@@ -368,12 +416,12 @@ func (s *Store) Seal(ctx context.Context, owner any, d dek.DEK) ([]byte, error) 
 		return nil, dek.ErrNoKey
 	}
 	if !s.bind {
-		return s.keys.Seal(ctx, d)
+		return keyCall(s, "encrypt", func() ([]byte, error) { return s.keys.Seal(ctx, d) })
 	}
 	if owner == nil {
 		return nil, errors.New("envelope: a bound DEK needs its owner")
 	}
-	return s.keys.SealBound(ctx, d, s.binding(owner))
+	return keyCall(s, "encrypt", func() ([]byte, error) { return s.keys.SealBound(ctx, d, s.binding(owner)) })
 }
 
 // BindsDEKs reports whether the store seals new DEKs bound to their row.
@@ -391,11 +439,14 @@ func (s *Store) Opens(ctx context.Context, enc []byte) error {
 	// byte): a legacy DEK opens whatever it is, and a bound DEK that a
 	// configured key decrypts is refused as bound elsewhere, which proves
 	// the key just the same.
-	d, _, _, err := s.keys.OpenBound(ctx, enc, dek.Binding{Table: s.prof.Table, Owner: "\x00"})
+	d, err := keyCall(s, "decrypt", func() (dek.DEK, error) {
+		d, _, _, err := s.keys.OpenBound(ctx, enc, dek.Binding{Table: s.prof.Table, Owner: "\x00"})
+		if errors.Is(err, dek.ErrBoundElsewhere) {
+			err = nil // a configured key decrypted it
+		}
+		return d, err
+	})
 	clear(d[:])
-	if errors.Is(err, dek.ErrBoundElsewhere) {
-		return nil
-	}
 	return err
 }
 
