@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"math/rand/v2"
+	"os"
 	"sync"
 	"testing"
 	"time"
@@ -338,6 +339,7 @@ func TestRekeyAllConcurrentWriter(t *testing.T) {
 				mu.Lock()
 				_ = written.add(t, other, uint(1+i%3), i) // SQLite may be busy: only rows written count
 				mu.Unlock()
+				time.Sleep(2 * time.Millisecond)
 			}
 		}()
 		res, err := envelope.RekeyAll(context.Background(), db, rekeyModels, envelope.RekeyOptions{Settle: ttl + 200*time.Millisecond, BatchSize: 2})
@@ -348,7 +350,7 @@ func TestRekeyAllConcurrentWriter(t *testing.T) {
 			t.Fatalf("result %+v", res)
 		}
 		if res.Stragglers == 0 {
-			t.Fatalf("no stragglers caught (%d rows written meanwhile): the test tests nothing", len(written.creds))
+			t.Errorf("no stragglers caught (%d rows written meanwhile): the test tests nothing", len(written.creds))
 		}
 		written.check(t, db)
 		w.check(t, db)
@@ -375,13 +377,19 @@ func TestRekeyAllFaults(t *testing.T) {
 		if res.Owners != 4 || res.Shredded != 1 || steps < 20 {
 			t.Fatalf("result %+v, %d steps", res, steps)
 		}
+		// Every step on SQLite, a random few on the servers.
+		ks := rand.Perm(steps)[:min(steps, 8)]
+		if testdb.DialectOf(db) == testdb.SQLite || os.Getenv("REKEY_FAULTS_ALL") != "" {
+			ks = rand.Perm(steps)
+		}
 		faults := map[string]int{}
-		for trial := range 6 {
+		for trial, k := range ks {
+			k++
 			before := map[uint]dek.DEK{}
 			for o := uint(1); o <= 4; o++ {
 				before[o], _ = rekeyedDEK(t, db, keys, o)
 			}
-			k, n := 1+rand.IntN(steps), 0
+			n := 0
 			stop := errors.New("killed")
 			restore := envelope.SetRekeyFaultForTest(func(step string) error {
 				if n++; n == k {
