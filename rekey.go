@@ -80,7 +80,8 @@ func fault(step string) error {
 }
 
 // Rekey gives owner a new DEK and seals again, under it, the owner's
-// values in models (e.g. []any{&Credential{}, &User{}}): every model
+// values in models (e.g. []any{&Credential{}, &User{}}; a [TableModel]
+// for a model read in another table): every model
 // holding values of the owner must be given, for the old DEK is destroyed
 // at the end, and with it whatever only it opens. A model the plugin has
 // used with encrypted fields that is not given is refused.
@@ -217,6 +218,14 @@ func RekeyAll(ctx context.Context, db *gorm.DB, models []any, opts RekeyOptions)
 	return res, nil
 }
 
+// TableModel is a model of [Rekey] and [RekeyAll] read in a table other
+// than its own, as db.Table names one for the other jobs: a model made at
+// run time, or one of several tables with the same layout.
+type TableModel struct {
+	Table string
+	Model any // e.g. &Credential{}
+}
+
 type rekeyer struct {
 	p      *Plugin
 	ctx    context.Context
@@ -253,15 +262,28 @@ func newRekeyer(ctx context.Context, db *gorm.DB, models []any, opts RekeyOption
 	case p.cacheTTL > 0:
 		r.wait = p.cacheTTL
 	}
-	given := map[string]bool{}
+	given, seen := map[string]bool{}, map[string]bool{}
 	for _, model := range models {
+		table := ""
+		switch tm := model.(type) {
+		case TableModel:
+			model, table = tm.Model, tm.Table
+		case *TableModel:
+			model, table = tm.Model, tm.Table
+		}
 		_, stmt, m, err := jobModel(db, model, job)
 		if err != nil {
 			return nil, err
 		}
+		given[stmt.Schema.Table] = true
+		if table != "" && table != m.table {
+			c := *m // read, and bound, where the values are
+			c.table = table
+			m = &c
+		}
 		name := m.name
 		if name == "" {
-			name = stmt.Schema.Table
+			name = m.table
 		}
 		if err := m.ownerless(); err != nil {
 			return nil, err
@@ -272,16 +294,18 @@ func newRekeyer(ctx context.Context, db *gorm.DB, models []any, opts RekeyOption
 		if len(stmt.Schema.PrimaryFields) != 1 {
 			return nil, fmt.Errorf("envelope: %s: model %s needs exactly one primary key field", job, name)
 		}
-		if given[m.table] {
+		if seen[m.table] {
 			continue
 		}
-		given[m.table] = true
+		seen[m.table], given[m.table] = true, true
 		r.models = append(r.models, &rekeyModel{m: m, name: name, table: m.table, pk: stmt.Schema.PrimaryFields[0].DBName})
 	}
 	var missing error
 	p.tables.Range(func(k, v any) bool {
 		m := v.(*modelMeta)
-		if !given[k.(string)] && m.owner != nil && len(m.fields) > 0 {
+		// A model without a table name of its own ("") is used through
+		// db.Table, which names a table this cannot know.
+		if k.(string) != "" && !given[k.(string)] && m.owner != nil && len(m.fields) > 0 {
 			missing = fmt.Errorf("envelope: %s: model %s (table %s) has encrypted fields and is not among the models given: its values would not open once the old DEKs are destroyed", job, m.name, k)
 			return false
 		}
