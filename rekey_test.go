@@ -30,7 +30,7 @@ type RkNote struct {
 	BodyIdx *string `gorm:"size:80;index" envelope:"index:Body"`
 }
 
-var rekeyModels = []any{&Credential{}, &RkNote{}, &TaxRecord{}}
+var rekeyModels = []any{&Credential{}, &RkNote{}, &TaxRecord{}, &IxUser{}}
 
 // rekeyWorld is the data of a rekey test: what each owner's rows must read
 // back as.
@@ -39,12 +39,19 @@ type rekeyWorld struct {
 	creds map[uint]Credential // by ID
 	notes map[uint]RkNote
 	taxes map[uint]TaxRecord
+	users map[uint]IxUser // self-owned: one per owner, whose ID it is
 }
 
 func newRekeyWorld(t *testing.T, db *gorm.DB, keys *dek.Keyring, owners ...uint) *rekeyWorld {
 	t.Helper()
-	must(t, db.AutoMigrate(&RkNote{}, &TaxRecord{}))
-	w := &rekeyWorld{keys: keys, creds: map[uint]Credential{}, notes: map[uint]RkNote{}, taxes: map[uint]TaxRecord{}}
+	must(t, db.AutoMigrate(&RkNote{}, &TaxRecord{}, &IxUser{}))
+	w := &rekeyWorld{keys: keys, creds: map[uint]Credential{}, notes: map[uint]RkNote{}, taxes: map[uint]TaxRecord{}, users: map[uint]IxUser{}}
+	for _, o := range owners {
+		u := IxUser{ID: o, Name: fmt.Sprint("user ", o), Email: fmt.Sprintf("User%d@example.org", o)}
+		must(t, db.Create(&u).Error)
+		u.EmailIdx = nil
+		w.users[o] = u
+	}
 	for _, o := range owners {
 		for i := range 2 {
 			w.add(t, db, o, i)
@@ -105,6 +112,19 @@ func (w *rekeyWorld) check(t *testing.T, db *gorm.DB, shredded ...uint) {
 		err := fresh.Where(envelope.MatchOwner(want.UserID, "Body", want.Body)).Find(&got).Error
 		if err != nil || len(got) != 1 || got[0].ID != id || got[0].Body != want.Body {
 			t.Errorf("note %d by MatchOwner: %v, %+v", id, err, got)
+		}
+	}
+	for id, want := range w.users {
+		var got IxUser
+		err := fresh.Where(envelope.Match("Email", want.Email)).First(&got).Error
+		if gone[id] {
+			if !errors.Is(err, envelope.ErrShredded) && !errors.Is(err, gorm.ErrRecordNotFound) {
+				t.Errorf("user %d of a shredded owner: %v", id, err)
+			}
+			continue
+		}
+		if err != nil || got.ID != id || got.Email != want.Email {
+			t.Errorf("user %d by Match: %v, %+v", id, err, got)
 		}
 	}
 	for id, want := range w.taxes {
@@ -184,7 +204,7 @@ func TestRekey(t *testing.T) {
 		}
 		dry, err := envelope.Rekey(context.Background(), db, uint(1), rekeyModels, envelope.RekeyOptions{DryRun: true})
 		must(t, err)
-		if dry.Owners != 1 || dry.Values != 2*(3+1+2) {
+		if dry.Owners != 1 || dry.Values != 2*(3+1+2)+1 {
 			t.Fatalf("dry run: %+v", dry)
 		}
 		if d, _ := rekeyedDEK(t, db, keys, 1); d != old1 {
@@ -193,8 +213,9 @@ func TestRekey(t *testing.T) {
 
 		res, err := envelope.Rekey(context.Background(), db, uint(1), rekeyModels, envelope.RekeyOptions{Settle: -1})
 		must(t, err)
-		// 2 credentials of 3 values, 2 notes, 2 tax records of 2 values.
-		want := envelope.RekeyResult{Phase: 2, Owners: 1, Values: 12, Indexes: 4, Retired: 1}
+		// 2 credentials of 3 values, 2 notes, 2 tax records of 2 values,
+		// and the owner's own user row.
+		want := envelope.RekeyResult{Phase: 2, Owners: 1, Values: 13, Indexes: 4, Retired: 1}
 		if res != want {
 			t.Fatalf("result %+v, want %+v", res, want)
 		}
