@@ -116,11 +116,11 @@ func Rekey(ctx context.Context, db *gorm.DB, owner any, models []any, opts Rekey
 		return res, fmt.Errorf("%w: Rekey needs a non-zero owner", ErrNoOwner)
 	}
 	if opts.DryRun {
-		err := r.count(o, false, &res)
+		err := r.count(o, time.Time{}, &res)
 		return res, err
 	}
 	res.Phase = 1
-	d, err := r.phase1(o, false)
+	d, err := r.phase1(o, time.Time{})
 	res.add(d)
 	if err != nil {
 		return res, err
@@ -148,10 +148,12 @@ func Rekey(ctx context.Context, db *gorm.DB, owner any, models []any, opts Rekey
 // Owners with a shredded DEK are skipped and counted.
 //
 // A run that stops at any point loses nothing, and is finished by running
-// RekeyAll again: an owner done in phase two keeps a mark (a row with no
-// DEK) in envelope_retired_deks until the run ends, so that owners with a
-// retired DEK or a mark are not rekeyed twice; the second run goes on with
-// the others, then sweeps. Owners created during a run get a new DEK
+// RekeyAll again: a run records when it began in envelope_retired_deks,
+// and an owner done in phase two keeps a mark there (a row with no DEK)
+// until the run ends, so that owners with a retired DEK or a mark written
+// since the run began are not rekeyed twice; the second run goes on with
+// the others, then sweeps. An owner whose retired DEK predates the run (a
+// stopped Rekey) is rekeyed again. Owners created during a run get a new DEK
 // once more, which costs a little time and nothing else. Run one RekeyAll
 // at a time. rotate.Run refuses to run while retired DEKs are pending.
 func RekeyAll(ctx context.Context, db *gorm.DB, models []any, opts RekeyOptions) (RekeyResult, error) {
@@ -161,15 +163,27 @@ func RekeyAll(ctx context.Context, db *gorm.DB, models []any, opts RekeyOptions)
 		return res, err
 	}
 	res.Phase = 1
+	var run time.Time
+	if !opts.DryRun {
+		if run, err = r.p.store.StartRun(r.db); err != nil {
+			return res, err
+		}
+	} else if ok, err := keystore.RetiredExists(r.db); err != nil {
+		return res, err
+	} else if ok {
+		if run, _, err = r.p.store.RunStarted(r.db); err != nil {
+			return res, err
+		}
+	}
 	err = r.eachProfile(func(batch []any) error {
 		for _, o := range batch {
 			if opts.DryRun {
-				if err := r.count(o, true, &res); err != nil {
+				if err := r.count(o, run, &res); err != nil {
 					return err
 				}
 				continue
 			}
-			d, err := r.phase1(o, true)
+			d, err := r.phase1(o, run)
 			res.add(d)
 			if err != nil {
 				return err
@@ -381,9 +395,10 @@ func (r *rekeyer) lockProfile(tx *gorm.DB, o any) ([]byte, error) {
 }
 
 // phase1 gives owner o a new DEK and seals its values under it, in one
-// transaction. With skipMarked, an owner that has a row in the retired
-// table (rekeyed by the run being resumed) is skipped.
-func (r *rekeyer) phase1(o any, skipMarked bool) (RekeyResult, error) {
+// transaction. An owner with a row in the retired table written since
+// run (rekeyed by the run being resumed) is skipped; a zero run skips
+// none.
+func (r *rekeyer) phase1(o any, run time.Time) (RekeyResult, error) {
 	var d RekeyResult
 	var old []byte
 	err := r.transaction(o, func(tx *gorm.DB) error {
@@ -402,19 +417,27 @@ func (r *rekeyer) phase1(o any, skipMarked bool) (RekeyResult, error) {
 			d.Shredded++
 			return nil
 		}
-		if skipMarked {
-			_, marked, err := r.p.store.Retired(tx, o)
-			if err != nil {
-				return err
-			}
-			if marked {
-				d.Skipped++
-				return nil
-			}
+		retired, latest, err := r.p.store.Retired(tx, o)
+		if err != nil {
+			return err
+		}
+		if !run.IsZero() && !latest.Before(run) {
+			d.Skipped++
+			return nil
 		}
 		oldKey, err := r.p.store.OpenStored(r.ctx, o, enc)
 		if err != nil {
 			return err
+		}
+		// The DEKs an unfinished rekey of the owner retired open its
+		// stragglers: seal them now too (phase two destroys every one).
+		olds := []*ownerKey{oldKey}
+		for _, e := range retired {
+			k, err := r.p.store.OpenStored(r.ctx, o, e)
+			if err != nil {
+				return fmt.Errorf("retired DEK: %w", err)
+			}
+			olds = append(olds, k)
 		}
 		if err := r.p.store.Retire(tx, o, enc); err != nil {
 			return err
@@ -441,7 +464,7 @@ func (r *rekeyer) phase1(o any, skipMarked bool) (RekeyResult, error) {
 			return err
 		}
 		for _, rm := range r.models {
-			if err := r.sweep(tx, rm, o, newKey, []*ownerKey{oldKey}, &d, false); err != nil {
+			if err := r.sweep(tx, rm, o, newKey, olds, &d, false); err != nil {
 				return err
 			}
 			if err := fault("phase1:model"); err != nil {
@@ -623,8 +646,8 @@ func (r *rekeyer) reseal(rm *rekeyModel, ef *encField, o any, row string, cur *o
 }
 
 // count adds to res what rekeying o would do: one owner, and its
-// encrypted values.
-func (r *rekeyer) count(o any, skipMarked bool, res *RekeyResult) error {
+// encrypted values. run is as for phase1.
+func (r *rekeyer) count(o any, run time.Time, res *RekeyResult) error {
 	enc, err := r.lockProfileless(o)
 	if err != nil {
 		return err
@@ -636,16 +659,12 @@ func (r *rekeyer) count(o any, skipMarked bool, res *RekeyResult) error {
 		res.Shredded++
 		return nil
 	}
-	if skipMarked {
-		if ok, err := keystore.RetiredExists(r.db); err != nil {
+	if !run.IsZero() {
+		if _, latest, err := r.p.store.Retired(r.db, o); err != nil {
 			return err
-		} else if ok {
-			if _, marked, err := r.p.store.Retired(r.db, o); err != nil {
-				return err
-			} else if marked {
-				res.Skipped++
-				return nil
-			}
+		} else if !latest.Before(run) {
+			res.Skipped++
+			return nil
 		}
 	}
 	res.Owners++

@@ -110,21 +110,66 @@ func (s *Store) Retire(db *gorm.DB, owner any, enc []byte) error {
 	return nil
 }
 
-// Retired returns owner's retired DEKs, as stored; marked reports that
-// owner has a row at all (a retired DEK, or the mark of a finished rekey).
-func (s *Store) Retired(db *gorm.DB, owner any) (encs [][]byte, marked bool, err error) {
-	var rows []struct{ EncryptedDEK []byte }
-	err = db.Raw("SELECT encrypted_dek AS encrypted_dek FROM "+RetiredTable+" WHERE profile_table = ? AND owner = ? ORDER BY id",
+// Retired returns owner's retired DEKs, as stored, and when the owner's
+// latest row (a retired DEK, or the mark of a finished rekey) was written:
+// zero when the owner has none.
+func (s *Store) Retired(db *gorm.DB, owner any) (encs [][]byte, latest time.Time, err error) {
+	var rows []struct {
+		EncryptedDEK []byte
+		RetiredAt    int64
+	}
+	err = db.Raw("SELECT encrypted_dek AS encrypted_dek, retired_at AS retired_at FROM "+RetiredTable+" WHERE profile_table = ? AND owner = ? ORDER BY id",
 		s.prof.Table, ownerText(owner)).Scan(&rows).Error
 	if err != nil {
-		return nil, false, fmt.Errorf("envelope: read retired DEKs: %w", err)
+		return nil, time.Time{}, fmt.Errorf("envelope: read retired DEKs: %w", err)
 	}
 	for _, r := range rows {
 		if len(r.EncryptedDEK) > 0 {
 			encs = append(encs, r.EncryptedDEK)
 		}
+		if t := time.UnixMilli(r.RetiredAt); t.After(latest) {
+			latest = t
+		}
 	}
-	return encs, len(rows) > 0, nil
+	return encs, latest, nil
+}
+
+// runOwner is the owner of the row that records when a run over every
+// owner began: no owner is the empty string (a zero owner is no owner).
+const runOwner = ""
+
+// StartRun returns when the run over every owner of the store's profile
+// table that is under way began, and records that one begins now if none
+// is: the mark of a run is cleared with the marks of its owners
+// (ClearMarks).
+func (s *Store) StartRun(db *gorm.DB) (time.Time, error) {
+	var at []int64
+	if err := db.Raw("SELECT retired_at FROM "+RetiredTable+" WHERE profile_table = ? AND owner = ? ORDER BY id",
+		s.prof.Table, runOwner).Scan(&at).Error; err != nil {
+		return time.Time{}, fmt.Errorf("envelope: read the rekey run: %w", err)
+	}
+	if len(at) > 0 {
+		return time.UnixMilli(at[0]), nil
+	}
+	now := time.Now()
+	if err := db.Exec("INSERT INTO "+RetiredTable+" (profile_table, owner, encrypted_dek, retired_at) VALUES (?, ?, NULL, ?)",
+		s.prof.Table, runOwner, now.UnixMilli()).Error; err != nil {
+		return time.Time{}, fmt.Errorf("envelope: record the rekey run: %w", err)
+	}
+	return time.UnixMilli(now.UnixMilli()), nil
+}
+
+// RunStarted returns when the run under way began, if one is.
+func (s *Store) RunStarted(db *gorm.DB) (time.Time, bool, error) {
+	var at []int64
+	if err := db.Raw("SELECT retired_at FROM "+RetiredTable+" WHERE profile_table = ? AND owner = ? ORDER BY id",
+		s.prof.Table, runOwner).Scan(&at).Error; err != nil {
+		return time.Time{}, false, fmt.Errorf("envelope: read the rekey run: %w", err)
+	}
+	if len(at) == 0 {
+		return time.Time{}, false, nil
+	}
+	return time.UnixMilli(at[0]), true, nil
 }
 
 // RetiredOwner is an owner with retired DEKs, and when the last of them
@@ -184,7 +229,7 @@ func (s *Store) DestroyRetired(db *gorm.DB, owner any, keepMark bool) (int, erro
 }
 
 // ClearMarks deletes the marks of finished rekeys of the store's profile
-// table: the end of a RekeyAll run.
+// table, and of the run: the end of a RekeyAll run.
 func (s *Store) ClearMarks(db *gorm.DB) error {
 	if err := db.Exec("DELETE FROM "+RetiredTable+" WHERE profile_table = ? AND encrypted_dek IS NULL", s.prof.Table).Error; err != nil {
 		return fmt.Errorf("envelope: clear rekey marks: %w", err)
