@@ -265,6 +265,11 @@ func newRekeyer(ctx context.Context, db *gorm.DB, models []any, opts RekeyOption
 	if p.keys == nil {
 		return nil, ErrNoKey
 	}
+	if _, inTx := db.Statement.ConnPool.(gorm.TxCommitter); inTx {
+		// Each owner's phase must commit before the wait, and the
+		// retired-DEK table may have to be created first.
+		return nil, fmt.Errorf("envelope: %s runs transactions of its own: call it outside a transaction", job)
+	}
 	r := &rekeyer{p: p, ctx: ctx, db: db.Session(&gorm.Session{NewDB: true, Context: ctx}), job: job, batch: opts.BatchSize}
 	if r.batch <= 0 {
 		r.batch = DefaultRekeyBatch

@@ -202,6 +202,13 @@ func TestRekey(t *testing.T) {
 		if _, err := envelope.Rekey(context.Background(), db, uint(1), []any{&Credential{}}, envelope.RekeyOptions{Settle: -1}); err == nil {
 			t.Fatal("Rekey without all the models the plugin knows: no error")
 		}
+		err := db.Transaction(func(tx *gorm.DB) error {
+			_, err := envelope.Rekey(context.Background(), tx, uint(1), rekeyModels, envelope.RekeyOptions{Settle: -1})
+			return err
+		})
+		if err == nil {
+			t.Fatal("Rekey in a transaction: no error")
+		}
 		dry, err := envelope.Rekey(context.Background(), db, uint(1), rekeyModels, envelope.RekeyOptions{DryRun: true})
 		must(t, err)
 		if dry.Owners != 1 || dry.Values != 2*(3+1+2)+1 {
