@@ -59,7 +59,11 @@
 // loaded serve its later statements until it writes a profile. [Shred]
 // destroys one owner's DEK, and with it that owner's data; deleting the
 // owner's profile row through GORM afterwards (Unscoped, for a soft-delete
-// Profile model) lets the next write create a new DEK.
+// Profile model) lets the next write create a new DEK. [Rekey] gives one
+// owner a new DEK and seals the owner's values again under it, and
+// [RekeyAll] every owner, for after a DEK or the master key leaked
+// (rotation does not change the DEKs): see docs/key-management.md,
+// "Rekeying owners".
 //
 // # Formats
 //

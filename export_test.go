@@ -35,3 +35,12 @@ func PipelineInContext(ctx context.Context) bool {
 
 // ForgetIndexKeysForTest drops p's cached global index keys.
 func ForgetIndexKeysForTest(p *Plugin) { p.ikeys.Forget() }
+
+// SetRekeyFaultForTest makes every step of Rekey and RekeyAll call f, and
+// stop with the error f returns; it returns a function that restores the
+// hook. Not safe while a rekey runs.
+func SetRekeyFaultForTest(f func(step string) error) func() {
+	old := rekeyFault
+	rekeyFault = f
+	return func() { rekeyFault = old }
+}

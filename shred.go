@@ -6,6 +6,7 @@ import (
 	"reflect"
 
 	"github.com/gorm-envelope/envelope/dek"
+	"github.com/gorm-envelope/envelope/internal/keystore"
 	"gorm.io/gorm"
 	"gorm.io/gorm/clause"
 )
@@ -13,8 +14,9 @@ import (
 // Shred destroys owner's DEK for good (crypto-shredding): the DEK column
 // of the owner's profile is overwritten with a tombstone, so every value
 // ever encrypted for the owner reads as [ErrShredded], in this database and
-// in every backup taken from now on. Backups taken before still hold the
-// DEK: see docs/security-model.md.
+// in every backup taken from now on. The owner's DEKs retired by a
+// [Rekey] not finished yet are deleted with it. Backups taken before
+// still hold the DEK: see docs/security-model.md.
 //
 // The DEK is evicted from this process's cache at once; other processes
 // holding it in their caches go on using it for at most Config.CacheTTL.
@@ -68,6 +70,19 @@ func Shred(db *gorm.DB, owner any) error {
 			Where(clause.Eq{Column: clause.Column{Name: p.prof.Owner.DBName}, Value: o}).
 			UpdateColumn(p.prof.DEK.DBName, dek.Tombstone()).Error; err != nil {
 			return err
+		}
+		// The DEKs a rekey retired open the owner's values as well.
+		if ok, err := keystore.RetiredExists(tx); err != nil {
+			return err
+		} else if ok {
+			retired, _, err := p.store.Retired(tx, o)
+			if err != nil {
+				return err
+			}
+			old = append(old, retired...)
+			if _, err := p.store.DestroyRetired(tx, o, false); err != nil {
+				return err
+			}
 		}
 		return p.clearGlobalIndexes(tx, o)
 	})

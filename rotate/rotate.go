@@ -12,7 +12,13 @@ import (
 	"gorm.io/gorm"
 
 	"github.com/gorm-envelope/envelope/dek"
+	"github.com/gorm-envelope/envelope/internal/keystore"
 )
+
+// ErrRekeyPending is what Run returns while a rekey (envelope.Rekey,
+// envelope.RekeyAll) has retired DEKs that it has not destroyed yet: Run
+// refuses to start then, rather than leave them under the old key.
+var ErrRekeyPending = errors.New("rekey pending")
 
 // Result counts what Run did.
 type Result struct {
@@ -137,11 +143,25 @@ type item struct {
 // (batched, checked, compare-and-swap), counted in Result.IndexKeys and the
 // fields after it. The unwrapped key never changes, so no index value
 // does. Options.Progress reports the profiles only.
+//
+// Run refuses to start (with [ErrRekeyPending]) while a rekey has retired
+// DEKs it has not destroyed yet; a dry run does not.
 func Run(ctx context.Context, db *gorm.DB, opts Options) (Result, error) {
 	var res Result
 	t, err := opts.resolve(ctx, db)
 	if err != nil {
 		return res, wrap(err)
+	}
+	if !opts.DryRun {
+		// A retired DEK is wrapped by the master keys too: it would be
+		// left under the old key, and the rekey could not finish.
+		n, err := keystore.RetiredPending(t.db)
+		if err != nil {
+			return res, wrap(err)
+		}
+		if n > 0 {
+			return res, wrap(fmt.Errorf("%w: a rekey is not finished (%d retired DEKs in %s): run it again to completion, then rotate", ErrRekeyPending, n, keystore.RetiredTable))
+		}
 	}
 	primaryOnly, err := dek.NewKeyring(opts.Keys.Primary())
 	if err != nil {

@@ -111,7 +111,7 @@ type command struct {
 	run                     func(ctx context.Context, e *env, o *opts) error
 }
 
-var commands = []*command{cmdKeygen, cmdRotate, cmdStatus, cmdVerify, cmdBackfill, cmdIndexPlan, cmdReindex, cmdReseal}
+var commands = []*command{cmdKeygen, cmdRotate, cmdStatus, cmdVerify, cmdBackfill, cmdIndexPlan, cmdReindex, cmdReseal, cmdRekeyAll}
 
 const globalHelp = `Usage: envelope [global flags] <command> [flags]
 

@@ -28,6 +28,7 @@ type opts struct {
 	rows, distinct                 uint64 // index-plan
 	rx                             reindexFlags
 	rs                             resealFlags
+	rk                             rekeyFlags
 
 	opened map[string]dek.Encrypter // KMS keys opened, by URL
 }

@@ -8,6 +8,7 @@ import (
 	"strings"
 
 	"github.com/gorm-envelope/envelope/dek"
+	"github.com/gorm-envelope/envelope/internal/keystore"
 	"github.com/gorm-envelope/envelope/rotate"
 )
 
@@ -145,6 +146,13 @@ func runRotate(ctx context.Context, e *env, o *opts) error {
 		printFailures(e.stderr, "cannot open DEK", st.Failures, st.Undecryptable)
 		printFailures(e.stderr, "cannot open", st.IndexFailures, st.IndexUndecryptable)
 		return fmt.Errorf("rotate: refused: %s cannot be opened with the current keys; nothing was changed", unopened(st.Undecryptable, st.IndexUndecryptable))
+	}
+	// rotate.Run refuses too, but only after step 2 would have changed the
+	// env file.
+	if n, err := keystore.RetiredPending(db.WithContext(ctx)); err != nil {
+		return named("rotate", err)
+	} else if n > 0 && !o.dryRun {
+		return fmt.Errorf("rotate: refused: a rekey is not finished (%d retired DEKs in %s): run it again to completion (envelope rekey-all), then rotate; nothing was changed", n, keystore.RetiredTable)
 	}
 
 	if o.dryRun {
