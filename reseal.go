@@ -5,7 +5,6 @@ import (
 	"errors"
 	"fmt"
 
-	"github.com/gorm-envelope/envelope/internal/bound"
 	"github.com/gorm-envelope/envelope/internal/keystore"
 	"gorm.io/gorm"
 	"gorm.io/gorm/clause"
@@ -391,80 +390,4 @@ func (r *resealer) batch(tx *gorm.DB, last any) (int, error) {
 	}
 	*r.res = res
 	return len(recs), nil
-}
-
-// rowText is the key text of row id for the model's row binding: "" for
-// a model that is not row-bound.
-func (r *resealer) rowText(id any) string { return r.m.rowText(id) }
-
-// own opens v, a value of field ef in row rec, under the owner's DEK k.
-// done reports that it opened: with plain nil when it is in the model's
-// format where it is (nothing to do), else with its plaintext, to seal
-// again.
-func (r *resealer) own(k *ownerKey, ef *encField, rec resealRow, v string) (plain []byte, done bool, err error) {
-	m := r.m
-	owner, row := idText(rec.owner), m.rowText(rec.id)
-	if m.opens(k, ef.f.DBName, owner, row, v) {
-		if isBoundValue(v) == m.bound {
-			return nil, true, nil
-		}
-		plain, err := m.openRaw(k, ef, rec.owner, rec.id, stringBytes(v))
-		if err != nil {
-			return nil, false, nil
-		}
-		return nonNil(plain), true, nil
-	}
-	if !isBoundValue(v) || owner == "" {
-		return nil, false, nil
-	}
-	// A bound value sealed with the other row binding: without its row
-	// (before the key was tagged envelope:"row"), or with it (after the
-	// tag was removed).
-	other := ""
-	if !m.rowBound {
-		other = idText(normOwnerAny(asOwner(rec.id)))
-		if other == "" {
-			return nil, false, nil
-		}
-	}
-	ctx := bound.Context{Table: m.table, Column: ef.f.DBName, Owner: owner, Row: other}
-	out, err := k.Bound().OpenText(nil, stringBytes(v), &ctx)
-	if err != nil {
-		return nil, false, nil
-	}
-	return nonNil(out), true, nil
-}
-
-// decode gives v to each decoder in turn, and returns the plaintext of the
-// first that opens it; otherwise the error of the last that knew its
-// scheme, or one saying that none did.
-func (r *resealer) decode(v string) ([]byte, error) {
-	var last error
-	for _, d := range r.opts.From {
-		plain, ok, err := d.Decode([]byte(v))
-		if !ok {
-			continue
-		}
-		if err == nil {
-			return nonNil(plain), nil
-		}
-		clear(plain)
-		last = err
-	}
-	if last != nil {
-		return nil, last
-	}
-	if len(r.opts.From) == 0 {
-		return nil, fmt.Errorf("%w: the value does not open under the owner's DEK", ErrDecrypt)
-	}
-	return nil, fmt.Errorf("%w: the value does not open under the owner's DEK, and no decoder knows it", ErrDecrypt)
-}
-
-// nonNil returns b, or an empty slice for nil: a change with a nil
-// plaintext would read as no change.
-func nonNil(b []byte) []byte {
-	if b == nil {
-		return []byte{}
-	}
-	return b
 }

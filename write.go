@@ -283,31 +283,6 @@ func (c *collector) walk(v reflect.Value) {
 	}
 }
 
-func plainOfValue(fv reflect.Value, k valueKind) (string, bool) {
-	switch k {
-	case kindString:
-		return fv.String(), false
-	case kindStringPtr:
-		if fv.IsNil() {
-			return "", true
-		}
-		return fv.Elem().String(), false
-	case kindBytes:
-		if fv.IsNil() {
-			return "", true
-		}
-		return string(fv.Bytes()), false
-	}
-	return "", true
-}
-
-func addrOf(fv reflect.Value) uintptr {
-	if fv.CanAddr() {
-		return fv.UnsafeAddr()
-	}
-	return 0
-}
-
 // finish resolves the owners' DEKs, starts encrypting every collected value
 // and installs them for the serializer. On any error it adds one error to
 // the statement, so nothing is written.
@@ -422,44 +397,4 @@ func (c *collector) install(st *writeState) bool {
 	}
 	st.pinned = c.pinned
 	return true
-}
-
-func distinctOwners(items []item) []any {
-	seen := make(map[any]struct{})
-	var out []any
-	for _, it := range items {
-		if _, ok := seen[it.owner]; !ok {
-			seen[it.owner] = struct{}{}
-			out = append(out, it.owner)
-		}
-	}
-	return out
-}
-
-// item is one plaintext a statement writes.
-type item struct {
-	owner any
-	m     *modelMeta
-	f     *schema.Field
-	plain string
-	addr  uintptr // the address of the field holding it; 0 if none
-
-	enc   *encField
-	rowID string // the row's primary key as text, for a row-bound model
-	otext string // the owner as text, for a bound value (set by finish)
-
-	// For a field with blind indexes: where its index values go, the
-	// struct row or the map it came from.
-	ef  *encField
-	row reflect.Value
-	mv  map[string]any
-}
-
-// edit is a map entry or clause value replaced by a serializer value for
-// the statement and put back afterwards.
-type edit struct {
-	f    *schema.Field
-	tmp  reflect.Value // a model value holding the plaintext and owner
-	put  func(any)
-	undo func()
 }
