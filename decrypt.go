@@ -5,15 +5,20 @@ import (
 	"reflect"
 	"runtime"
 	"sync"
+
+	"gorm.io/gorm"
 )
 
 // decryptAll decrypts every target, on several cores for a large result.
 // Each goroutine owns a contiguous range of rows, and the errors are
 // returned in row order, so results and errors are the same whatever the
 // number of cores. The values opened are added to cnt (nil: not counted).
-func (p *Plugin) decryptAll(targets []target, keys map[any]*ownerKey, kerrs map[any]error, cnt fieldCounts) []error {
+// The values that did not open under their owner's DEK are returned too,
+// for retryStale.
+func (p *Plugin) decryptAll(targets []target, keys map[any]*ownerKey, kerrs map[any]error, cnt fieldCounts) ([]error, []staleVal) {
 	workers := max(runtime.GOMAXPROCS(0), 1)
 	parts := make([][]error, workers)
+	stales := make([][]staleVal, workers)
 	var cnts []fieldCounts
 	if cnt != nil {
 		cnts = make([]fieldCounts, workers)
@@ -29,17 +34,114 @@ func (p *Plugin) decryptAll(targets []target, keys map[any]*ownerKey, kerrs map[
 			if t.m == nil { // not a struct of the model
 				continue
 			}
-			parts[w] = p.decryptTarget(t, keys, kerrs, &ar, (hi-lo-i)*len(t.m.fields), parts[w], c)
+			parts[w] = p.decryptTarget(t, keys, kerrs, &ar, (hi-lo-i)*len(t.m.fields), parts[w], c, &stales[w])
 		}
 	})
 	var errs []error
 	for _, part := range parts {
 		errs = append(errs, part...)
 	}
+	var stale []staleVal
+	for _, s := range stales {
+		stale = append(stale, s...)
+	}
 	for _, c := range cnts {
 		cnt.merge(c)
 	}
-	return errs
+	return errs, stale
+}
+
+// staleVal is a value that did not open under its owner's DEK as the
+// statement resolved it, perhaps from a cache that another process made
+// stale (a Rekey gave the owner a new DEK). Its field is zero and its
+// error reported already; retryStale tries it once more.
+type staleVal struct {
+	t          target
+	ef         *encField
+	k          *ownerKey // the key it failed under
+	otext, row string
+	stored     string // the value as read
+	err        *FieldError
+}
+
+// retryStale reloads, from the profile table, the DEKs of the owners of
+// values that did not open, and opens again those whose owner's DEK turns
+// out to have changed: a DEK cached before another process rekeyed the
+// owner fails every value sealed since. It returns errs without the errors
+// of the values that opened. A value that fails again stays zero, with its
+// error; nothing is retried when the DEK is the one it failed under.
+func (p *Plugin) retryStale(db *gorm.DB, errs []error, stale []staleVal, cnt fieldCounts) []error {
+	if len(stale) == 0 {
+		return errs
+	}
+	var owners []any
+	seen := map[any]bool{}
+	for _, s := range stale {
+		if !seen[s.t.owner] {
+			seen[s.t.owner] = true
+			owners = append(owners, s.t.owner)
+		}
+	}
+	for _, o := range owners {
+		p.store.Forget(o)
+	}
+	keys, _, err := p.resolve(db, owners, false)
+	if err != nil {
+		return errs
+	}
+	var ar arena
+	opened := map[*FieldError]bool{}
+	for _, s := range stale {
+		k := keys[s.t.owner]
+		if k == nil || k.Shredded || k == s.k {
+			continue
+		}
+		msg, err := ar.open(s.t.m, k, s.ef, s.otext, s.row, s.stored, 1)
+		if err != nil {
+			continue
+		}
+		base := s.t.m.base(s.t.v)
+		direct := base != nil && s.ef.direct
+		var fv reflect.Value
+		if !direct {
+			var ok bool
+			if fv, ok = fieldValue(s.ef.f, s.t.v); !ok || !fv.CanSet() {
+				continue
+			}
+		}
+		setOpened(base, fv, direct, s.ef, msg)
+		cnt.add(s.t.m, s.ef, 1)
+		opened[s.err] = true
+	}
+	if len(opened) == 0 {
+		return errs
+	}
+	kept := errs[:0]
+	for _, e := range errs {
+		if fe, ok := e.(*FieldError); ok && opened[fe] {
+			continue
+		}
+		kept = append(kept, e)
+	}
+	return kept
+}
+
+// setOpened stores msg, a value's plaintext in memory only it uses, in its
+// field: at its offset in the row when direct, else through fv.
+func setOpened(base addr, fv reflect.Value, direct bool, ef *encField, msg []byte) {
+	if direct {
+		ef.setAt(base, msg)
+		return
+	}
+	switch ef.kind {
+	case kindString:
+		fv.SetString(bytesString(msg))
+	case kindStringPtr:
+		s := bytesString(msg)
+		fv.Set(reflect.ValueOf(&s))
+	case kindBytes:
+		fv.SetBytes(msg)
+	}
 }
 
 var targetPool sync.Pool
@@ -131,7 +233,7 @@ func zeroTokens(t target) {
 
 // decryptTarget opens the encrypted fields of t, appending their errors
 // to errs and counting the values opened in cnt (nil: not counted).
-func (p *Plugin) decryptTarget(t target, keys map[any]*ownerKey, kerrs map[any]error, ar *arena, left int, errs []error, cnt fieldCounts) []error {
+func (p *Plugin) decryptTarget(t target, keys map[any]*ownerKey, kerrs map[any]error, ar *arena, left int, errs []error, cnt fieldCounts, stale *[]staleVal) []error {
 	var (
 		k       *ownerKey
 		kerr    error
@@ -212,24 +314,15 @@ func (p *Plugin) decryptTarget(t target, keys map[any]*ownerKey, kerrs map[any]e
 		msg, err := ar.open(t.m, k, ef, otext, row, b, left)
 		if err != nil {
 			fail(err)
+			if stale != nil {
+				*stale = append(*stale, staleVal{t: t, ef: ef, k: k, otext: otext, row: row, stored: b, err: errs[len(errs)-1].(*FieldError)})
+			}
 			continue
 		}
 		cnt.add(t.m, ef, 1)
 		// msg is memory only this value uses (its capacity is cut): a string
 		// can share it.
-		if direct {
-			ef.setAt(base, msg)
-			continue
-		}
-		switch ef.kind {
-		case kindString:
-			fv.SetString(bytesString(msg))
-		case kindStringPtr:
-			s := bytesString(msg)
-			fv.Set(reflect.ValueOf(&s))
-		case kindBytes:
-			fv.SetBytes(msg)
-		}
+		setOpened(base, fv, direct, ef, msg)
 	}
 	return errs
 }

@@ -220,7 +220,8 @@ func (p *Plugin) afterQuerySlice(db *gorm.DB, rv reflect.Value, elemType reflect
 			keys, kerrs = merge(keys, k2), merge(kerrs, e2)
 		}
 	}
-	errs := p.decryptAll(targets, keys, kerrs, cnt)
+	errs, stale := p.decryptAll(targets, keys, kerrs, cnt)
+	errs = p.retryStale(db, errs, stale, cnt)
 	p.observeDecrypted(cnt)
 	if len(errs) > 0 {
 		p.readErr(db, join(errs))
@@ -268,7 +269,8 @@ func (p *Plugin) decryptTargets(db *gorm.DB, targets []target, owners map[any]st
 		return
 	}
 	cnt := p.counts()
-	errs := p.decryptAll(targets, keys, kerrs, cnt)
+	errs, stale := p.decryptAll(targets, keys, kerrs, cnt)
+	errs = p.retryStale(db, errs, stale, cnt)
 	p.observeDecrypted(cnt)
 	if len(errs) > 0 {
 		p.readErr(db, join(errs))
