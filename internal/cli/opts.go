@@ -106,6 +106,15 @@ func (o *opts) checkDB() error {
 func (o *opts) open() (*gorm.DB, error) { return o.openWith(nil) }
 
 // openWith is open with a naming strategy; nil is GORM's.
+// openJob opens the database for a job over a model's table (reindex,
+// reseal, rekey-all), with the profile table named by the flags.
+func (o *opts) openJob() (*gorm.DB, error) {
+	return o.openWith(profileNamer{
+		Namer: schema.NamingStrategy{IdentifierMaxLength: 64}, // GORM's default
+		table: o.table, id: o.idCol, owner: o.ownerCol, dek: o.dekCol,
+	})
+}
+
 func (o *opts) openWith(namer schema.Namer) (*gorm.DB, error) {
 	if err := o.checkDB(); err != nil {
 		return nil, err

@@ -11,8 +11,6 @@ import (
 	"strings"
 	"time"
 
-	"gorm.io/gorm/schema"
-
 	"github.com/gorm-envelope/envelope"
 	"github.com/gorm-envelope/envelope/rotate"
 )
@@ -176,10 +174,7 @@ func runRekeyAll(ctx context.Context, e *env, o *opts) error {
 	if err != nil {
 		return err
 	}
-	db, err := o.openWith(profileNamer{
-		Namer: schema.NamingStrategy{IdentifierMaxLength: 64}, // GORM's default
-		table: o.table, id: o.idCol, owner: o.ownerCol, dek: o.dekCol,
-	})
+	db, err := o.openJob()
 	if err != nil {
 		return err
 	}

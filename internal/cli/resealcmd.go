@@ -11,7 +11,6 @@ import (
 	"strings"
 
 	"gorm.io/gorm/clause"
-	"gorm.io/gorm/schema"
 
 	"github.com/gorm-envelope/envelope"
 	"github.com/gorm-envelope/envelope/dek"
@@ -218,10 +217,7 @@ func runReseal(ctx context.Context, e *env, o *opts) error {
 	if err != nil {
 		return err
 	}
-	db, err := o.openWith(profileNamer{
-		Namer: schema.NamingStrategy{IdentifierMaxLength: 64}, // GORM's default
-		table: o.table, id: o.idCol, owner: o.ownerCol, dek: o.dekCol,
-	})
+	db, err := o.openJob()
 	if err != nil {
 		return err
 	}
