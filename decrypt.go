@@ -6,6 +6,7 @@ import (
 	"runtime"
 	"sync"
 
+	"github.com/gorm-envelope/envelope/internal/keystore"
 	"gorm.io/gorm"
 )
 
@@ -309,7 +310,7 @@ func (p *Plugin) decryptTarget(t target, keys map[any]*ownerKey, kerrs map[any]e
 			continue
 		}
 		if !rowRead && isBoundValue(b) { // once per row, and only where needed
-			otext, row, rowRead = idText(t.owner), t.m.rowOf(t.v), true
+			otext, row, rowRead = keystore.OwnerText(t.owner), t.m.rowOf(t.v), true
 		}
 		msg, err := ar.open(t.m, k, ef, otext, row, b, left)
 		if err != nil {

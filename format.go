@@ -6,6 +6,8 @@ import (
 	"strconv"
 
 	"github.com/gorm-envelope/envelope/internal/bound"
+	"github.com/gorm-envelope/envelope/internal/keystore"
+	"github.com/gorm-envelope/envelope/internal/profilemeta"
 	"github.com/gorm-envelope/envelope/internal/token"
 	"gorm.io/gorm/schema"
 )
@@ -49,18 +51,6 @@ func looksSealed(s string) bool {
 // isBoundValue reports whether s has the shape of a bound value.
 func isBoundValue(s string) bool { return bound.IsBound(stringBytes(s)) }
 
-// idText is an owner's or a row's id as bound values name it: an integer
-// in decimal, a string as it is ("" for none).
-func idText(id any) string {
-	switch v := id.(type) {
-	case int64:
-		return strconv.FormatInt(v, 10)
-	case string:
-		return v
-	}
-	return ""
-}
-
 // rowTag is the tag of a primary key whose rows' values are bound to it.
 const rowTag = "row"
 
@@ -77,7 +67,7 @@ func parseRowBinding(m *modelMeta, s *schema.Schema) error {
 			return fmt.Errorf("envelope: model %s: field %s: envelope:\"row\" goes on the primary key", s.Name, f.Name)
 		case len(s.PrimaryFields) != 1:
 			return fmt.Errorf("envelope: model %s: envelope:\"row\" needs a model with one primary key field", s.Name)
-		case !isIDKind(f.IndirectFieldType.Kind()):
+		case !profilemeta.IsOwnerKind(f.IndirectFieldType.Kind()):
 			return fmt.Errorf("envelope: model %s: field %s: a row-bound primary key must be an integer or a string, not %s", s.Name, f.Name, f.FieldType)
 		}
 		m.rowKey, m.rowBound = f, true
@@ -101,21 +91,12 @@ func (p *Plugin) projection(base, m *modelMeta) *modelMeta {
 	c := *m
 	c.table, c.bound, c.rowBound, c.rowKey = base.table, base.bound, base.rowBound, nil
 	if base.rowKey != nil {
-		if f := m.schema.LookUpField(base.rowKey.DBName); f != nil && isIDKind(f.IndirectFieldType.Kind()) {
+		if f := m.schema.LookUpField(base.rowKey.DBName); f != nil && profilemeta.IsOwnerKind(f.IndirectFieldType.Kind()) {
 			c.rowKey = f
 		}
 	}
 	v, _ := p.projections.LoadOrStore(key, &c)
 	return v.(*modelMeta)
-}
-
-func isIDKind(k reflect.Kind) bool {
-	switch k {
-	case reflect.Int, reflect.Int8, reflect.Int16, reflect.Int32, reflect.Int64,
-		reflect.Uint, reflect.Uint8, reflect.Uint16, reflect.Uint32, reflect.Uint64, reflect.String:
-		return true
-	}
-	return false
 }
 
 // rowOf returns the text of row v's primary key for a row-bound model, ""
@@ -128,13 +109,13 @@ func (m *modelMeta) rowOf(v reflect.Value) string {
 	if !ok {
 		return ""
 	}
-	return idText(normOwner(fv))
+	return keystore.OwnerText(normOwner(fv))
 }
 
 // context returns what a value of field ef, owned by owner, in the row
 // whose key text is row, is bound to.
 func (m *modelMeta) context(ef *encField, owner any, row string) bound.Context {
-	return bound.Context{Table: m.table, Column: ef.f.DBName, Owner: idText(owner), Row: row}
+	return bound.Context{Table: m.table, Column: ef.f.DBName, Owner: keystore.OwnerText(owner), Row: row}
 }
 
 // errRowUnknown is the write refused for a row-bound value whose row is
@@ -235,11 +216,11 @@ func (m *modelMeta) rowText(id any) string {
 	if !m.rowBound {
 		return ""
 	}
-	return idText(normOwnerAny(asOwner(id)))
+	return keystore.OwnerText(normOwnerAny(asOwner(id)))
 }
 
 // openRaw opens a value of field ef read by a job (owner and primary key
 // as scanned) and returns its plaintext in memory of its own.
 func (m *modelMeta) openRaw(k *ownerKey, ef *encField, owner, id any, stored []byte) ([]byte, error) {
-	return m.openInto(nil, k, ef, idText(owner), m.rowText(id), bytesString(stored))
+	return m.openInto(nil, k, ef, keystore.OwnerText(owner), m.rowText(id), bytesString(stored))
 }

@@ -6,6 +6,7 @@ import (
 	"sync"
 	"sync/atomic"
 
+	"github.com/gorm-envelope/envelope/internal/keystore"
 	"gorm.io/gorm"
 	"gorm.io/gorm/schema"
 )
@@ -307,7 +308,7 @@ func (rs *readState) work(b *pipeBatch) {
 			}
 			if rs.m.bound && !rowRead {
 				if otext = b.otext[j]; otext == "" {
-					otext = idText(o)
+					otext = keystore.OwnerText(o)
 					b.otext[j] = otext
 				}
 				row, rowRead = rs.m.rowOf(v), true

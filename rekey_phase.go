@@ -241,7 +241,7 @@ func (r *rekeyer) sweep(tx *gorm.DB, rm *rekeyModel, o any, cur *ownerKey, olds 
 	if err := rows.Err(); err != nil {
 		return err
 	}
-	owner := idText(o)
+	owner := keystore.OwnerText(o)
 	for _, x := range recs {
 		row := m.rowText(x.id)
 		set := map[string]any{}

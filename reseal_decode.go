@@ -7,6 +7,7 @@ import (
 	"fmt"
 
 	"github.com/gorm-envelope/envelope/internal/bound"
+	"github.com/gorm-envelope/envelope/internal/keystore"
 )
 
 // rowText is the key text of row id for the model's row binding: "" for
@@ -19,7 +20,7 @@ func (r *resealer) rowText(id any) string { return r.m.rowText(id) }
 // again.
 func (r *resealer) own(k *ownerKey, ef *encField, rec resealRow, v string) (plain []byte, done bool, err error) {
 	m := r.m
-	owner, row := idText(rec.owner), m.rowText(rec.id)
+	owner, row := keystore.OwnerText(rec.owner), m.rowText(rec.id)
 	if m.opens(k, ef.f.DBName, owner, row, v) {
 		if isBoundValue(v) == m.bound {
 			return nil, true, nil
@@ -38,7 +39,7 @@ func (r *resealer) own(k *ownerKey, ef *encField, rec resealRow, v string) (plai
 	// tag was removed).
 	other := ""
 	if !m.rowBound {
-		other = idText(normOwnerAny(asOwner(rec.id)))
+		other = keystore.OwnerText(normOwnerAny(asOwner(rec.id)))
 		if other == "" {
 			return nil, false, nil
 		}

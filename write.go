@@ -5,6 +5,7 @@ import (
 	"reflect"
 	"time"
 
+	"github.com/gorm-envelope/envelope/internal/keystore"
 	"gorm.io/gorm"
 	"gorm.io/gorm/schema"
 )
@@ -335,7 +336,7 @@ func (c *collector) finish() {
 		}
 		if it.m.bound {
 			if otext == "" {
-				otext = idText(it.owner)
+				otext = keystore.OwnerText(it.owner)
 			}
 			it.otext = otext
 		}

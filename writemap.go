@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"reflect"
 
+	"github.com/gorm-envelope/envelope/internal/keystore"
 	"gorm.io/gorm/schema"
 )
 
@@ -141,7 +142,7 @@ func (c *collector) mapRow(m *modelMeta, mv map[string]any) string {
 	if m.rowKey != nil {
 		for _, k := range []string{m.rowKey.Name, m.rowKey.DBName} {
 			if v, ok := mv[k]; ok {
-				if r := idText(normOwnerAny(v)); r != "" {
+				if r := keystore.OwnerText(normOwnerAny(v)); r != "" {
 					return r
 				}
 			}

@@ -63,9 +63,10 @@ func (k *Key) IndexKey(name string) (*blind.Key, error) {
 	return v.(*blind.Key), nil
 }
 
-// ownerText is a normalised owner as a bound DEK names it: an int64 in
-// decimal, a string as it is (docs/format.md, "Owner-bound DEKs").
-func ownerText(owner any) string {
+// OwnerText is a normalised owner (or row key) as bound DEKs and bound
+// values name it: an int64 in decimal, a string as it is, "" for none
+// (docs/format.md, "Owner-bound DEKs" and "Bound values").
+func OwnerText(owner any) string {
 	switch o := owner.(type) {
 	case int64:
 		return strconv.FormatInt(o, 10)
@@ -83,7 +84,7 @@ func ownerText(owner any) string {
 // unambiguous whatever bytes the owner and the DEK hold, so the same
 // bytes in two owners' rows never share a name.
 func openedName(owner any, enc []byte) string {
-	o := ownerText(owner)
+	o := OwnerText(owner)
 	return strconv.Itoa(len(o)) + ":" + o + string(enc)
 }
 

@@ -103,7 +103,7 @@ func EnsureRetiredTable(ctx context.Context, db *gorm.DB) error {
 // db's transaction.
 func (s *Store) Retire(db *gorm.DB, owner any, enc []byte) error {
 	err := db.Exec("INSERT INTO "+RetiredTable+" (profile_table, owner, encrypted_dek, retired_at) VALUES (?, ?, ?, ?)",
-		s.prof.Table, ownerText(owner), enc, time.Now().UnixMilli()).Error
+		s.prof.Table, OwnerText(owner), enc, time.Now().UnixMilli()).Error
 	if err != nil {
 		return fmt.Errorf("envelope: record retired DEK: %w", err)
 	}
@@ -119,7 +119,7 @@ func (s *Store) Retired(db *gorm.DB, owner any) (encs [][]byte, latest time.Time
 		RetiredAt    int64
 	}
 	err = db.Raw("SELECT encrypted_dek AS encrypted_dek, retired_at AS retired_at FROM "+RetiredTable+" WHERE profile_table = ? AND owner = ? ORDER BY id",
-		s.prof.Table, ownerText(owner)).Scan(&rows).Error
+		s.prof.Table, OwnerText(owner)).Scan(&rows).Error
 	if err != nil {
 		return nil, time.Time{}, fmt.Errorf("envelope: read retired DEKs: %w", err)
 	}
@@ -210,14 +210,14 @@ func (s *Store) DestroyRetired(db *gorm.DB, owner any, keepMark bool) (int, erro
 	var res *gorm.DB
 	if keepMark {
 		res = db.Exec("UPDATE "+RetiredTable+" SET encrypted_dek = NULL WHERE profile_table = ? AND owner = ? AND encrypted_dek IS NOT NULL",
-			s.prof.Table, ownerText(owner))
+			s.prof.Table, OwnerText(owner))
 	} else {
 		var n int64
 		if err := db.Raw("SELECT count(*) FROM "+RetiredTable+" WHERE profile_table = ? AND owner = ? AND encrypted_dek IS NOT NULL",
-			s.prof.Table, ownerText(owner)).Scan(&n).Error; err != nil {
+			s.prof.Table, OwnerText(owner)).Scan(&n).Error; err != nil {
 			return 0, fmt.Errorf("envelope: destroy retired DEKs: %w", err)
 		}
-		if err := db.Exec("DELETE FROM "+RetiredTable+" WHERE profile_table = ? AND owner = ?", s.prof.Table, ownerText(owner)).Error; err != nil {
+		if err := db.Exec("DELETE FROM "+RetiredTable+" WHERE profile_table = ? AND owner = ?", s.prof.Table, OwnerText(owner)).Error; err != nil {
 			return 0, fmt.Errorf("envelope: destroy retired DEKs: %w", err)
 		}
 		return int(n), nil

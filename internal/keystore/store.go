@@ -400,7 +400,7 @@ func (s *Store) Opens(ctx context.Context, enc []byte) error {
 // binding is the row of owner (normalised: int64 or string) in the
 // profile table, as a bound DEK names it.
 func (s *Store) binding(owner any) dek.Binding {
-	return dek.Binding{Table: s.prof.Table, Owner: ownerText(owner)}
+	return dek.Binding{Table: s.prof.Table, Owner: OwnerText(owner)}
 }
 
 func (s *Store) queryErr(err error) error {

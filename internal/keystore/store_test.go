@@ -27,8 +27,8 @@ func TestOpenedNameSeparatesOwners(t *testing.T) {
 	}{
 		{int64(42), "42"}, {int64(-3), "-3"}, {"42", "42"}, {"user@example.org", "user@example.org"},
 	} {
-		if got := ownerText(c.owner); got != c.want {
-			t.Errorf("#%d: ownerText(%#v) = %q, want %q", i, c.owner, got, c.want)
+		if got := OwnerText(c.owner); got != c.want {
+			t.Errorf("#%d: OwnerText(%#v) = %q, want %q", i, c.owner, got, c.want)
 		}
 	}
 }
