@@ -7,6 +7,7 @@ import (
 	"sync"
 
 	"github.com/gorm-envelope/envelope/internal/keystore"
+	"github.com/gorm-envelope/envelope/internal/token"
 	"gorm.io/gorm"
 )
 
@@ -62,6 +63,7 @@ type staleVal struct {
 	k          *ownerKey // the key it failed under
 	otext, row string
 	stored     string // the value as read
+	bv         bool   // it has the shape of a bound value
 	err        *FieldError
 }
 
@@ -97,7 +99,7 @@ func (p *Plugin) retryStale(db *gorm.DB, errs []error, stale []staleVal, cnt fie
 		if k == nil || k.Shredded || k == s.k {
 			continue
 		}
-		msg, err := ar.open(s.t.m, k, s.ef, s.otext, s.row, s.stored, 1)
+		msg, err := ar.open(s.t.m, k, s.ef, s.otext, s.row, s.stored, s.bv, 1)
 		if err != nil {
 			continue
 		}
@@ -278,7 +280,8 @@ func (p *Plugin) decryptTarget(t target, keys map[any]*ownerKey, kerrs map[any]e
 			fail(ErrNoKey)
 			continue
 		}
-		if !looksSealed(b) {
+		bv := isBoundValue(b)
+		if !bv && !token.LooksLikeString(b) {
 			if p.cfg.AcceptPlaintext {
 				p.plaintextRead(t.m, ef)
 				continue
@@ -309,14 +312,14 @@ func (p *Plugin) decryptTarget(t target, keys map[any]*ownerKey, kerrs map[any]e
 			fail(ErrShredded)
 			continue
 		}
-		if !rowRead && isBoundValue(b) { // once per row, and only where needed
+		if bv && !rowRead { // once per row, and only where needed
 			otext, row, rowRead = keystore.OwnerText(t.owner), t.m.rowOf(t.v), true
 		}
-		msg, err := ar.open(t.m, k, ef, otext, row, b, left)
+		msg, err := ar.open(t.m, k, ef, otext, row, b, bv, left)
 		if err != nil {
 			fail(err)
 			if stale != nil {
-				*stale = append(*stale, staleVal{t: t, ef: ef, k: k, otext: otext, row: row, stored: b, err: errs[len(errs)-1].(*FieldError)})
+				*stale = append(*stale, staleVal{t: t, ef: ef, k: k, otext: otext, row: row, stored: b, bv: bv, err: errs[len(errs)-1].(*FieldError)})
 			}
 			continue
 		}

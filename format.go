@@ -182,9 +182,11 @@ var errNotOpened = fmt.Errorf("%w: token does not open under the owner's DEK", E
 var errNotBoundHere = fmt.Errorf("%w: bound value does not open under the owner's DEK where it is stored", ErrDecrypt)
 
 // openInto opens stored, a value of field ef owned by owner in the row
-// whose key text is row, appending its plaintext to dst.
-func (m *modelMeta) openInto(dst []byte, k *ownerKey, ef *encField, owner, row string, stored string) ([]byte, error) {
-	if !isBoundValue(stored) {
+// whose key text is row, appending its plaintext to dst. bv says whether
+// stored has the shape of a bound value (isBoundValue), which the caller
+// has looked at already.
+func (m *modelMeta) openInto(dst []byte, k *ownerKey, ef *encField, owner, row string, stored string, bv bool) ([]byte, error) {
+	if !bv {
 		out, err := k.C.AppendDecrypt(dst, stringBytes(stored))
 		if err != nil {
 			return dst, errNotOpened
@@ -202,9 +204,10 @@ func (m *modelMeta) openInto(dst []byte, k *ownerKey, ef *encField, owner, row s
 	return out, nil
 }
 
-// openedLen is the most bytes stored can open to, in either format.
-func openedLen(stored string) int {
-	if isBoundValue(stored) {
+// openedLen is the most bytes stored can open to, in either format (bv:
+// a bound value).
+func openedLen(stored string, bv bool) int {
+	if bv {
 		return bound.OpenedLen(len(stored))
 	}
 	return token.DecryptedLen(len(stored))
@@ -222,5 +225,5 @@ func (m *modelMeta) rowText(id any) string {
 // openRaw opens a value of field ef read by a job (owner and primary key
 // as scanned) and returns its plaintext in memory of its own.
 func (m *modelMeta) openRaw(k *ownerKey, ef *encField, owner, id any, stored []byte) ([]byte, error) {
-	return m.openInto(nil, k, ef, keystore.OwnerText(owner), m.rowText(id), bytesString(stored))
+	return m.openInto(nil, k, ef, keystore.OwnerText(owner), m.rowText(id), bytesString(stored), bound.IsBound(stored))
 }

@@ -7,6 +7,7 @@ import (
 	"sync/atomic"
 
 	"github.com/gorm-envelope/envelope/internal/keystore"
+	"github.com/gorm-envelope/envelope/internal/token"
 	"gorm.io/gorm"
 	"gorm.io/gorm/schema"
 )
@@ -299,21 +300,25 @@ func (rs *readState) work(b *pipeBatch) {
 		rowRead := false
 		for i := range rs.nf {
 			it := &b.items[r*rs.nf+i]
-			if it.tok == "" || !looksSealed(it.tok) {
+			if it.tok == "" {
+				continue
+			}
+			bv := isBoundValue(it.tok)
+			if !bv && !token.LooksLikeString(it.tok) {
 				continue
 			}
 			b.hasTok[j] = true
 			if !usable {
 				continue
 			}
-			if rs.m.bound && !rowRead {
+			if bv && !rowRead {
 				if otext = b.otext[j]; otext == "" {
 					otext = keystore.OwnerText(o)
 					b.otext[j] = otext
 				}
 				row, rowRead = rs.m.rowOf(v), true
 			}
-			if msg, err := ar.open(rs.m, k, &rs.m.fields[i], otext, row, it.tok, len(b.items)-r*rs.nf-i); err == nil {
+			if msg, err := ar.open(rs.m, k, &rs.m.fields[i], otext, row, it.tok, bv, len(b.items)-r*rs.nf-i); err == nil {
 				it.k, it.msg = k, msg
 			}
 		}
@@ -417,13 +422,13 @@ const arenaChunk = 16 << 10
 // whose text is owner, in the row whose key text is row, with k; left is
 // the number of values still to be decrypted into this arena, this one
 // included.
-func (a *arena) open(m *modelMeta, k *ownerKey, ef *encField, owner, row string, stored string, left int) ([]byte, error) {
-	need := openedLen(stored)
+func (a *arena) open(m *modelMeta, k *ownerKey, ef *encField, owner, row string, stored string, bv bool, left int) ([]byte, error) {
+	need := openedLen(stored, bv)
 	if cap(a.buf)-len(a.buf) < need {
 		a.buf = make([]byte, 0, max(min(need*left, arenaChunk), need))
 	}
 	start := len(a.buf)
-	out, err := m.openInto(a.buf, k, ef, owner, row, stored)
+	out, err := m.openInto(a.buf, k, ef, owner, row, stored, bv)
 	if err != nil {
 		return nil, err
 	}

@@ -39,7 +39,7 @@ func testSealer(t *testing.T, format Format) {
 		t.Fatal(err)
 	}
 	open := func(k *ownerKey, tok string) ([]byte, error) {
-		return m.openInto(nil, k, ef, "7", "", tok)
+		return m.openInto(nil, k, ef, "7", "", tok, isBoundValue(tok))
 	}
 	for _, n := range []int{1, 63, 64, 65, 700, 2000} {
 		items := make([]item, n)
