@@ -364,7 +364,7 @@ func (r *resealer) batch(tx *gorm.DB, last any) (int, error) {
 	for _, c := range changes {
 		rec := recs[c.row]
 		ef := &m.fields[c.field]
-		sealed, err := m.sealOne(keys[rec.owner], ef, rec.owner, r.rowText(rec.id), c.plain)
+		sealed, err := m.sealOne(keys[rec.owner], ef, rec.owner, r.m.rowText(rec.id), c.plain)
 		if err != nil {
 			return 0, &FieldError{Model: r.name, Field: ef.f.Name, Owner: rec.owner, Err: err}
 		}

@@ -10,10 +10,6 @@ import (
 	"github.com/gorm-envelope/envelope/internal/keystore"
 )
 
-// rowText is the key text of row id for the model's row binding: "" for
-// a model that is not row-bound.
-func (r *resealer) rowText(id any) string { return r.m.rowText(id) }
-
 // own opens v, a value of field ef in row rec, under the owner's DEK k.
 // done reports that it opened: with plain nil when it is in the model's
 // format where it is (nothing to do), else with its plaintext, to seal
@@ -21,17 +17,15 @@ func (r *resealer) rowText(id any) string { return r.m.rowText(id) }
 func (r *resealer) own(k *ownerKey, ef *encField, rec resealRow, v string) (plain []byte, done bool, err error) {
 	m := r.m
 	owner, row := keystore.OwnerText(rec.owner), m.rowText(rec.id)
-	if m.opens(k, ef.f.DBName, owner, row, v) {
-		if isBoundValue(v) == m.bound {
+	bv := isBoundValue(v)
+	if plain, err := m.openInto(nil, k, ef, owner, row, v, bv); err == nil {
+		if bv == m.bound {
+			clear(plain)
 			return nil, true, nil
-		}
-		plain, err := m.openRaw(k, ef, rec.owner, rec.id, stringBytes(v))
-		if err != nil {
-			return nil, false, nil
 		}
 		return nonNil(plain), true, nil
 	}
-	if !isBoundValue(v) || owner == "" {
+	if !bv || owner == "" {
 		return nil, false, nil
 	}
 	// A bound value sealed with the other row binding: without its row
