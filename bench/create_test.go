@@ -3,6 +3,7 @@ package bench
 import (
 	"context"
 	"slices"
+	"sync/atomic"
 	"testing"
 
 	"github.com/fernet/fernet-go"
@@ -38,68 +39,17 @@ func BenchmarkCreateInBatches(b *testing.B) {
 				})
 			})
 			b.Run("envelope-warm", func(b *testing.B) {
-				// Fill the cache with every owner. CreateInBatches of more
-				// than one batch runs in a transaction of its own, and keys
-				// loaded inside a transaction are not cached: a read does it.
-				first := secretRows()
-				must(b, env.CreateInBatches(&first, batchSize).Error)
-				var warm []SecretRow
-				must(b, env.Find(&warm).Error)
-				start := envQueries.Load()
-				createLoop(b, bare, "secret_rows", secretRows, func(rows []SecretRow) error {
-					return env.CreateInBatches(&rows, batchSize).Error
-				})
-				b.ReportMetric(float64(envQueries.Load()-start)/float64(b.N), "profiles-queries/op")
+				createWarm(b, bare, env, envQueries, "secret_rows", secretRows)
 			})
 			b.Run("envelope-cold", func(b *testing.B) {
-				var queries int64
-				b.ReportAllocs()
-				for b.Loop() {
-					b.StopTimer()
-					truncate(b, bare, "secret_rows")
-					rows := secretRows()
-					db, n := withPlugin(b, bare, keys)
-					var none []SecretRow
-					must(b, db.Where("1 = 0").Find(&none).Error)
-					start := n.Load()
-					b.StartTimer()
-
-					must(b, db.CreateInBatches(&rows, batchSize).Error)
-
-					b.StopTimer()
-					queries += n.Load() - start
-					checkWrite(b, rows[len(rows)-1].ID)
-					b.StartTimer()
-				}
-				b.ReportMetric(float64(queries)/float64(b.N), "profiles-queries/op")
+				createCold(b, bare, keys, envelope.FormatFernet, "secret_rows", secretRows, func(r []SecretRow) uint { return r[len(r)-1].ID })
 			})
 			b.Run("bound-warm", func(b *testing.B) {
-				envB, _ := withFormat(b, bare, keys, envelope.FormatBound)
-				first := boundRows()
-				must(b, envB.CreateInBatches(&first, batchSize).Error)
-				var warm []BoundRow
-				must(b, envB.Find(&warm).Error)
-				createLoop(b, bare, "bound_rows", boundRows, func(rows []BoundRow) error {
-					return envB.CreateInBatches(&rows, batchSize).Error
-				})
+				envB, n := withFormat(b, bare, keys, envelope.FormatBound)
+				createWarm(b, bare, envB, n, "bound_rows", boundRows)
 			})
 			b.Run("bound-cold", func(b *testing.B) {
-				b.ReportAllocs()
-				for b.Loop() {
-					b.StopTimer()
-					truncate(b, bare, "bound_rows")
-					rows := boundRows()
-					db, _ := withFormat(b, bare, keys, envelope.FormatBound)
-					var none []BoundRow
-					must(b, db.Where("1 = 0").Find(&none).Error)
-					b.StartTimer()
-
-					must(b, db.CreateInBatches(&rows, batchSize).Error)
-
-					b.StopTimer()
-					checkWrite(b, rows[len(rows)-1].ID)
-					b.StartTimer()
-				}
+				createCold(b, bare, keys, envelope.FormatBound, "bound_rows", boundRows, func(r []BoundRow) uint { return r[len(r)-1].ID })
 			})
 			b.Run("gorm-crypto", func(b *testing.B) {
 				createLoop(b, bare, "crypto_rows", cryptoRows, func(rows []CryptoRow) error {
@@ -122,6 +72,48 @@ func BenchmarkCreateInBatches(b *testing.B) {
 			})
 		})
 	}
+}
+
+// createWarm times CreateInBatches through db, whose plugin's cache holds
+// every owner; queries counts its profiles queries.
+func createWarm[T any](b *testing.B, bare, db *gorm.DB, queries *atomic.Int64, table string, build func() []T) {
+	// Fill the cache with every owner. CreateInBatches of more than one
+	// batch runs in a transaction of its own, and keys loaded inside a
+	// transaction are not cached: a read does it.
+	first := build()
+	must(b, db.CreateInBatches(&first, batchSize).Error)
+	var warm []T
+	must(b, db.Find(&warm).Error)
+	start := queries.Load()
+	createLoop(b, bare, table, build, func(rows []T) error {
+		return db.CreateInBatches(&rows, batchSize).Error
+	})
+	b.ReportMetric(float64(queries.Load()-start)/float64(b.N), "profiles-queries/op")
+}
+
+// createCold times CreateInBatches through a new plugin writing format
+// each time (an empty DEK cache), into an emptied table.
+func createCold[T any](b *testing.B, bare *gorm.DB, keys *dek.Keyring, format envelope.Format, table string, build func() []T, lastID func([]T) uint) {
+	var queries int64
+	b.ReportAllocs()
+	for b.Loop() {
+		b.StopTimer()
+		truncate(b, bare, table)
+		rows := build()
+		db, n := withFormat(b, bare, keys, format)
+		var none []T
+		must(b, db.Where("1 = 0").Find(&none).Error)
+		start := n.Load()
+		b.StartTimer()
+
+		must(b, db.CreateInBatches(&rows, batchSize).Error)
+
+		b.StopTimer()
+		queries += n.Load() - start
+		checkWrite(b, lastID(rows))
+		b.StartTimer()
+	}
+	b.ReportMetric(float64(queries)/float64(b.N), "profiles-queries/op")
 }
 
 // createLoop times write(rows) with fresh rows into an emptied table.
