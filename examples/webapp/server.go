@@ -102,16 +102,7 @@ func (s *server) login(w http.ResponseWriter, r *http.Request) {
 	if !decode(w, r, &in) {
 		return
 	}
-	var u User
-	err := s.db.WithContext(r.Context()).Where(envelope.Match("Email", in.Email)).Take(&u).Error
-	if errors.Is(err, gorm.ErrRecordNotFound) {
-		httpError(w, http.StatusNotFound, "no such user")
-		return
-	}
-	if s.failed(w, err) {
-		return
-	}
-	reply(w, http.StatusOK, userJSON{ID: u.ID, Email: u.Email, Name: u.Name})
+	s.replyUser(w, s.db.WithContext(r.Context()).Where(envelope.Match("Email", in.Email)))
 }
 
 func (s *server) me(w http.ResponseWriter, r *http.Request) {
@@ -119,8 +110,13 @@ func (s *server) me(w http.ResponseWriter, r *http.Request) {
 	if !ok {
 		return
 	}
+	s.replyUser(w, s.db.WithContext(r.Context()).Where("id = ?", id))
+}
+
+// replyUser answers with the one user q finds, or 404.
+func (s *server) replyUser(w http.ResponseWriter, q *gorm.DB) {
 	var u User
-	err := s.db.WithContext(r.Context()).Take(&u, id).Error
+	err := q.Take(&u).Error
 	if errors.Is(err, gorm.ErrRecordNotFound) {
 		httpError(w, http.StatusNotFound, "no such user")
 		return
