@@ -152,25 +152,17 @@ func (m *modelMeta) sealOne(k *ownerKey, ef *encField, owner any, row string, pl
 	return bytesString(out), nil
 }
 
-// opens reports whether stored, a value of column col owned by the owner
-// whose text is owner, already opens under k where it is: such a value is
-// stored again unchanged.
-func (m *modelMeta) opens(k *ownerKey, col, owner, row string, stored string) bool {
-	if isBoundValue(stored) {
-		if owner == "" || (m.rowBound && row == "") {
-			return false
-		}
-		ctx := bound.Context{Table: m.table, Column: col, Owner: owner, Row: row}
-		plain, err := k.Bound().OpenText(nil, stringBytes(stored), &ctx)
-		clear(plain)
-		return err == nil
+// opens reports whether stored, a value of field ef owned by the owner
+// whose text is owner, already is a value of either format that opens
+// under k where it is: such a value is stored again unchanged.
+func (m *modelMeta) opens(k *ownerKey, ef *encField, owner, row string, stored string) bool {
+	bv := isBoundValue(stored)
+	if !bv && !token.LooksLikeString(stored) || bv && owner == "" {
+		return false
 	}
-	if token.LooksLikeString(stored) {
-		plain, err := k.C.Decrypt(stringBytes(stored))
-		clear(plain)
-		return err == nil
-	}
-	return false
+	plain, err := m.openInto(nil, k, ef, owner, row, stored, bv)
+	clear(plain)
+	return err == nil
 }
 
 // errNotOpened is what a value that is no value of its owner, column and

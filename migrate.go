@@ -150,7 +150,7 @@ func EncryptExisting(ctx context.Context, db *gorm.DB, model any, opts MigrateOp
 					}
 					ef := &m.fields[i]
 					row := m.rowText(r.id)
-					if looksSealed(*v) && m.opens(k, ef.f.DBName, keystore.OwnerText(r.owner), row, *v) {
+					if m.opens(k, ef, keystore.OwnerText(r.owner), row, *v) {
 						res.Skipped++
 						continue
 					}

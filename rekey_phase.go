@@ -250,7 +250,7 @@ func (r *rekeyer) sweep(tx *gorm.DB, rm *rekeyModel, o any, cur *ownerKey, olds 
 				continue
 			}
 			ef := &m.fields[fi]
-			if m.opens(cur, ef.f.DBName, owner, row, *v) {
+			if m.opens(cur, ef, owner, row, *v) {
 				continue
 			}
 			var plain []byte

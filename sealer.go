@@ -155,7 +155,7 @@ func (s *sealer) seal(c int) {
 	for i := lo; i < hi; i++ {
 		it := &s.items[i]
 		plain := it.plain
-		if looksSealed(plain) && it.m.opens(s.ciphers[i], it.f.DBName, it.otext, it.rowID, plain) {
+		if it.m.opens(s.ciphers[i], it.enc, it.otext, it.rowID, plain) {
 			s.toks[i] = plain
 			continue
 		}
