@@ -112,10 +112,10 @@ func (m *modelMeta) rowOf(v reflect.Value) string {
 	return keystore.OwnerText(normOwner(fv))
 }
 
-// context returns what a value of field ef, owned by owner, in the row
-// whose key text is row, is bound to.
-func (m *modelMeta) context(ef *encField, owner any, row string) bound.Context {
-	return bound.Context{Table: m.table, Column: ef.f.DBName, Owner: keystore.OwnerText(owner), Row: row}
+// context returns what a value of field ef, owned by the owner whose text
+// is owner, in the row whose key text is row, is bound to.
+func (m *modelMeta) context(ef *encField, owner, row string) bound.Context {
+	return bound.Context{Table: m.table, Column: ef.f.DBName, Owner: owner, Row: row}
 }
 
 // errRowUnknown is the write refused for a row-bound value whose row is
@@ -144,7 +144,7 @@ func (m *modelMeta) sealOne(k *ownerKey, ef *encField, owner any, row string, pl
 	if m.rowBound && row == "" {
 		return "", m.errRowUnknown(ef)
 	}
-	ctx := m.context(ef, owner, row)
+	ctx := m.context(ef, keystore.OwnerText(owner), row)
 	out, err := k.Bound().SealText(nil, plain, &ctx)
 	if err != nil {
 		return "", fmt.Errorf("envelope: encrypt: %w", err)
@@ -188,7 +188,7 @@ func (m *modelMeta) openInto(dst []byte, k *ownerKey, ef *encField, owner, row s
 	if m.rowBound && row == "" {
 		return dst, errRowUnread
 	}
-	ctx := bound.Context{Table: m.table, Column: ef.f.DBName, Owner: owner, Row: row}
+	ctx := m.context(ef, owner, row)
 	out, err := k.Bound().OpenText(dst, stringBytes(stored), &ctx)
 	if err != nil {
 		return dst, errNotBoundHere

@@ -6,7 +6,6 @@ package envelope
 import (
 	"fmt"
 
-	"github.com/gorm-envelope/envelope/internal/bound"
 	"github.com/gorm-envelope/envelope/internal/keystore"
 )
 
@@ -38,7 +37,7 @@ func (r *resealer) own(k *ownerKey, ef *encField, rec resealRow, v string) (plai
 			return nil, false, nil
 		}
 	}
-	ctx := bound.Context{Table: m.table, Column: ef.f.DBName, Owner: owner, Row: other}
+	ctx := m.context(ef, owner, other)
 	out, err := k.Bound().OpenText(nil, stringBytes(v), &ctx)
 	if err != nil {
 		return nil, false, nil

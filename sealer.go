@@ -162,7 +162,7 @@ func (s *sealer) seal(c int) {
 		start := len(buf)
 		var err error
 		if it.m.bound {
-			ctx := bound.Context{Table: it.m.table, Column: it.f.DBName, Owner: it.otext, Row: it.rowID}
+			ctx := it.m.context(it.enc, it.otext, it.rowID)
 			buf, err = s.ciphers[i].Bound().SealText(buf, stringBytes(plain), &ctx)
 		} else {
 			iv := (*[token.IVSize]byte)(s.ivs[i*token.IVSize:])
